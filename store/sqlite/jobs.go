@@ -1,0 +1,689 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/heraldmq/herald/store"
+)
+
+// Stored state codes. The order matters: state < stCompleted means "in line".
+const (
+	stScheduled = 0
+	stAvailable = 1
+	stRunning   = 2
+	stRetryable = 3
+	stCompleted = 4
+	stDiscarded = 5
+	stCancelled = 6
+)
+
+var stateNames = [...]store.State{
+	stScheduled: store.StateScheduled,
+	stAvailable: store.StateAvailable,
+	stRunning:   store.StateRunning,
+	stRetryable: store.StateRetryable,
+	stCompleted: store.StateCompleted,
+	stDiscarded: store.StateDiscarded,
+	stCancelled: store.StateCancelled,
+}
+
+func stateCode(s store.State) (int, bool) {
+	for i, n := range stateNames {
+		if n == s {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+const jobColumns = `id, kind, key, payload, state, head, attempt, max_attempts, run_at, due_at,
+	idempotency_key, errors, created_at, started_at, finished_at, lease_owner`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanJob(row scanner, now time.Time) (*store.Job, error) {
+	var (
+		j                     store.Job
+		state, head           int
+		runAt, dueAt, created int64
+		idem, errs, owner     sql.NullString
+		started, finished     sql.NullInt64
+		payload               []byte
+	)
+	err := row.Scan(&j.ID, &j.Kind, &j.Key, &payload, &state, &head, &j.Attempt, &j.MaxAttempts,
+		&runAt, &dueAt, &idem, &errs, &created, &started, &finished, &owner)
+	if err != nil {
+		return nil, err
+	}
+	j.Payload = payload
+	j.State = stateNames[state]
+	j.Head = head == 1
+	j.RunAt = fromMicros(runAt)
+	j.DueAt = fromMicros(dueAt)
+	// A scheduled job whose time has come is available; no write is needed
+	// to make that so.
+	if j.State == store.StateScheduled && !j.RunAt.After(now) {
+		j.State = store.StateAvailable
+	}
+	j.IdempotencyKey = idem.String
+	j.LeaseOwner = owner.String
+	j.CreatedAt = fromMicros(created)
+	if started.Valid {
+		j.StartedAt = fromMicros(started.Int64)
+	}
+	if finished.Valid {
+		j.FinishedAt = fromMicros(finished.Int64)
+	}
+	if errs.Valid && errs.String != "" {
+		if err := json.Unmarshal([]byte(errs.String), &j.Errors); err != nil {
+			return nil, fmt.Errorf("sqlite: job %d: decode errors: %w", j.ID, err)
+		}
+	}
+	return &j, nil
+}
+
+func micros(t time.Time) int64 { return t.UnixMicro() }
+
+func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
+
+// InsertMany stores a batch in one transaction and places each job in its
+// key's line.
+func (s *Store) InsertMany(ctx context.Context, p store.InsertManyParams) ([]store.InsertResult, error) {
+	now := p.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	nowUS := micros(now)
+	results := make([]store.InsertResult, len(p.Jobs))
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		insert, err := tx.PrepareContext(ctx, `INSERT INTO herald_jobs
+			(kind, key, payload, state, head, max_attempts, run_at, due_at, idempotency_key, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer insert.Close()
+		heads := lineHeads{tx: tx, ctx: ctx}
+		defer heads.close()
+		for i, in := range p.Jobs {
+			if in.IdempotencyKey != "" {
+				existing, err := s.idempotent(ctx, tx, in.IdempotencyKey, p.IdempotencySince, now)
+				if err != nil {
+					return err
+				}
+				if existing != nil {
+					results[i] = store.InsertResult{Job: existing, Existing: true}
+					continue
+				}
+			}
+			runAt := in.RunAt
+			if runAt.IsZero() || runAt.Before(now) {
+				runAt = now
+			}
+			state := stAvailable
+			if runAt.After(now) {
+				state = stScheduled
+			}
+			// due_at orders the line: a job joins its key's line when it
+			// becomes due, never ahead of a job that is already due.
+			dueUS := micros(runAt)
+			head := 1
+			if in.Key != "" {
+				isHead, err := heads.admit(in.Key, dueUS)
+				if err != nil {
+					return err
+				}
+				if !isHead {
+					head = 0
+				}
+			}
+			var idem any
+			if in.IdempotencyKey != "" {
+				idem = in.IdempotencyKey
+			}
+			res, err := insert.ExecContext(ctx, in.Kind, in.Key, []byte(in.Payload), state, head,
+				in.MaxAttempts, dueUS, dueUS, idem, nowUS)
+			if err != nil {
+				return err
+			}
+			id, err := res.LastInsertId()
+			if err != nil {
+				return err
+			}
+			j := &store.Job{
+				ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
+				State: stateNames[state], Head: head == 1, MaxAttempts: in.MaxAttempts,
+				RunAt: fromMicros(dueUS), DueAt: fromMicros(dueUS),
+				IdempotencyKey: in.IdempotencyKey, CreatedAt: fromMicros(nowUS),
+			}
+			results[i] = store.InsertResult{Job: j}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: insert jobs: %w", err)
+	}
+	return results, nil
+}
+
+// idempotent returns the live job holding key, or nil. A job past the
+// window gives its key up so a new job can take it.
+func (s *Store) idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Time) (*store.Job, error) {
+	row := tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE idempotency_key = ?`, key)
+	j, err := scanJob(row, now)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !j.CreatedAt.Before(since) {
+		return j, nil
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET idempotency_key = NULL WHERE id = ?`, j.ID)
+	return nil, err
+}
+
+// lineHeads decides, inside a write transaction, whether a job entering a
+// key's line becomes its head.
+type lineHeads struct {
+	ctx    context.Context
+	tx     *sql.Tx
+	find   *sql.Stmt
+	demote *sql.Stmt
+}
+
+func (h *lineHeads) close() {
+	if h.find != nil {
+		h.find.Close()
+	}
+	if h.demote != nil {
+		h.demote.Close()
+	}
+}
+
+// admit reports whether a job of key due at dueUS is the new head. The
+// current head keeps its place unless it is a scheduled job due later than
+// the newcomer (it has not started and the newcomer became due first).
+func (h *lineHeads) admit(key string, dueUS int64) (bool, error) {
+	var err error
+	if h.find == nil {
+		h.find, err = h.tx.PrepareContext(h.ctx, findHeadSQL)
+		if err != nil {
+			return false, err
+		}
+	}
+	var id, headDue int64
+	var state int
+	err = h.find.QueryRowContext(h.ctx, key).Scan(&id, &state, &headDue)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if state != stScheduled || headDue <= dueUS {
+		return false, nil
+	}
+	if h.demote == nil {
+		h.demote, err = h.tx.PrepareContext(h.ctx, `UPDATE herald_jobs SET head = 0 WHERE id = ?`)
+		if err != nil {
+			return false, err
+		}
+	}
+	_, err = h.demote.ExecContext(h.ctx, id)
+	return err == nil, err
+}
+
+// promote makes the first job in key's line its head, if the line has one.
+func promote(ctx context.Context, stmt *sql.Stmt, key string) error {
+	if key == "" {
+		return nil
+	}
+	_, err := stmt.ExecContext(ctx, key)
+	return err
+}
+
+// The hot-path statements. "key <> ''" lets SQLite use the partial head
+// index; plan_test.go checks that none of them scans the table.
+const (
+	findHeadSQL = `SELECT id, state, due_at FROM herald_jobs WHERE key = ? AND key <> '' AND head = 1`
+	promoteSQL  = `UPDATE herald_jobs SET head = 1 WHERE id = (
+	SELECT id FROM herald_jobs WHERE key = ?1 AND state < 4 ORDER BY due_at, id LIMIT 1)
+	AND NOT EXISTS (SELECT 1 FROM herald_jobs WHERE key = ?1 AND key <> '' AND head = 1)`
+	claimSQL = `UPDATE herald_jobs
+			SET state = 2, attempt = attempt + 1, started_at = ?1, lease_owner = ?2, lease_until = ?3
+			WHERE id IN (SELECT id FROM herald_jobs
+				WHERE kind = ?4 AND head = 1 AND state IN (0, 1, 3) AND run_at <= ?1
+				ORDER BY run_at, id LIMIT ?5)
+			RETURNING ` + jobColumns
+	nextRunSQL = `SELECT min(run_at) FROM herald_jobs WHERE kind = ? AND head = 1 AND state IN (0, 1, 3)`
+)
+
+// Claim marks ready heads running and returns them, oldest first per kind.
+func (s *Store) Claim(ctx context.Context, p store.ClaimParams) ([]*store.Job, error) {
+	var jobs []*store.Job
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, claimSQL)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		nowUS := micros(p.Now)
+		left := p.Max
+		for _, l := range p.Limits {
+			n := min(l.Max, left)
+			if n <= 0 {
+				continue
+			}
+			before := len(jobs)
+			rows, err := stmt.QueryContext(ctx, nowUS, p.Owner, micros(p.LeaseUntil), l.Kind, n)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				j, err := scanJob(rows, p.Now)
+				if err != nil {
+					rows.Close()
+					return err
+				}
+				jobs = append(jobs, j)
+			}
+			if err := rows.Close(); err != nil {
+				return err
+			}
+			left -= len(jobs) - before
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: claim: %w", err)
+	}
+	return jobs, nil
+}
+
+// FinishMany records outcomes and advances the lines of finished heads.
+func (s *Store) FinishMany(ctx context.Context, p store.FinishManyParams) ([]store.FinishResult, error) {
+	results := make([]store.FinishResult, len(p.Finishes))
+	nowUS := micros(p.Now)
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		stmts := map[store.Outcome]string{
+			store.OutcomeCompleted: `UPDATE herald_jobs SET state = 4, head = 0, finished_at = ?3,
+				lease_owner = NULL, lease_until = NULL
+				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
+			store.OutcomeRetry: `UPDATE herald_jobs SET state = 3, run_at = ?4,
+				errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt, 'message', ?5)),
+				lease_owner = NULL, lease_until = NULL
+				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
+			store.OutcomeDiscard: `UPDATE herald_jobs SET state = 5, finished_at = ?3,
+				head = CASE WHEN ?7 AND key <> '' THEN 1 ELSE 0 END,
+				errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt, 'message', ?5)),
+				lease_owner = NULL, lease_until = NULL
+				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
+			store.OutcomeRelease: `UPDATE herald_jobs SET state = CASE WHEN errors IS NULL THEN 1 ELSE 3 END,
+				attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
+				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
+		}
+		prepared := make(map[store.Outcome]*sql.Stmt, len(stmts))
+		defer func() {
+			for _, st := range prepared {
+				st.Close()
+			}
+		}()
+		prom, err := tx.PrepareContext(ctx, promoteSQL)
+		if err != nil {
+			return err
+		}
+		defer prom.Close()
+		at := p.Now.UTC().Format(time.RFC3339Nano)
+		for i, f := range p.Finishes {
+			results[i].ID = f.ID
+			st := prepared[f.Outcome]
+			if st == nil {
+				q, ok := stmts[f.Outcome]
+				if !ok {
+					return fmt.Errorf("finish job %d: unknown outcome %d", f.ID, f.Outcome)
+				}
+				if st, err = tx.PrepareContext(ctx, q); err != nil {
+					return err
+				}
+				prepared[f.Outcome] = st
+			}
+			var key string
+			err := st.QueryRowContext(ctx, f.ID, f.Owner, nowUS, micros(f.RetryAt), f.Error, at, f.BlockKey).Scan(&key)
+			if errors.Is(err, sql.ErrNoRows) {
+				results[i].Fenced = true
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if f.Outcome == store.OutcomeCompleted || (f.Outcome == store.OutcomeDiscard && !f.BlockKey) {
+				if err := promote(ctx, prom, key); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: finish jobs: %w", err)
+	}
+	return results, nil
+}
+
+// RenewLeases extends the leases of owner's running jobs.
+func (s *Store) RenewLeases(ctx context.Context, owner string, until time.Time) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET lease_until = ? WHERE state = 2 AND lease_owner = ?`, micros(until), owner)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("sqlite: renew leases: %w", err)
+	}
+	return nil
+}
+
+// Rescue returns running jobs whose lease expired to the front of their
+// lines. The interrupted attempt counts and is recorded as an error.
+func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
+	var n int64
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 3, run_at = ?1,
+			errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?3, 'attempt', attempt,
+				'message', 'interrupted: lease of ' || coalesce(lease_owner, '?') || ' expired (process stopped or stalled)')),
+			lease_owner = NULL, lease_until = NULL
+			WHERE state = 2 AND lease_until < ?2`,
+			micros(p.Now), micros(p.ExpiredBefore), p.Now.UTC().Format(time.RFC3339Nano))
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: rescue: %w", err)
+	}
+	return int(n), nil
+}
+
+// NextRunAt returns the earliest run_at among pending heads of kinds.
+func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error) {
+	var next int64
+	for _, k := range kinds {
+		var v sql.NullInt64
+		err := s.reader.QueryRowContext(ctx, nextRunSQL, k).Scan(&v)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("sqlite: next run: %w", err)
+		}
+		if v.Valid && (next == 0 || v.Int64 < next) {
+			next = v.Int64
+		}
+	}
+	if next == 0 {
+		return time.Time{}, nil
+	}
+	return fromMicros(next), nil
+}
+
+// Get returns one job.
+func (s *Store) Get(ctx context.Context, id int64) (*store.Job, error) {
+	j, err := scanJob(s.reader.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), time.Now())
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("job %d: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
+	}
+	return j, nil
+}
+
+// List returns jobs matching p in id order.
+func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, error) {
+	now := p.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	var (
+		where = []string{"id > ?"}
+		args  = []any{p.AfterID}
+	)
+	if p.Kind != "" {
+		where = append(where, "kind = ?")
+		args = append(args, p.Kind)
+	}
+	if p.Key != "" {
+		where = append(where, "key = ?")
+		args = append(args, p.Key)
+	}
+	if p.State != "" {
+		code, ok := stateCode(p.State)
+		if !ok {
+			return nil, fmt.Errorf("sqlite: list: unknown state %q", p.State)
+		}
+		switch code {
+		case stScheduled:
+			where = append(where, "state = 0 AND run_at > ?")
+			args = append(args, micros(now))
+		case stAvailable:
+			where = append(where, "(state = 1 OR (state = 0 AND run_at <= ?))")
+			args = append(args, micros(now))
+		default:
+			where = append(where, "state = ?")
+			args = append(args, code)
+		}
+	}
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	args = append(args, limit)
+	rows, err := s.reader.QueryContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE `+
+		strings.Join(where, " AND ")+` ORDER BY id LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list: %w", err)
+	}
+	defer rows.Close()
+	var jobs []*store.Job
+	for rows.Next() {
+		j, err := scanJob(rows, now)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: list: %w", err)
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, rows.Err()
+}
+
+// Line describes key's line: how many jobs wait and which is at the front.
+func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
+	line := &store.KeyLine{Key: key}
+	if err := s.reader.QueryRowContext(ctx, `SELECT count(*) FROM herald_jobs WHERE key = ? AND state < 4`, key).Scan(&line.Pending); err != nil {
+		return nil, fmt.Errorf("sqlite: line: %w", err)
+	}
+	j, err := scanJob(s.reader.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE key = ? AND key <> '' AND head = 1`, key), time.Now())
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return nil, fmt.Errorf("sqlite: line: %w", err)
+	default:
+		line.Head = j
+		if j.State == store.StateDiscarded {
+			line.Pending++ // the blocking dead letter is part of the line
+		}
+	}
+	return line, nil
+}
+
+// Retry makes a job run again now with a fresh set of attempts. A job at the
+// head of its line (a blocking dead letter, or a waiting head) keeps its
+// place; any other finalized job rejoins its key's line at the back.
+func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), now)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("job %d: %w", id, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		nowUS := micros(now)
+		switch {
+		case j.State == store.StateRunning || j.State == store.StateCompleted:
+			return fmt.Errorf("retry job %d (%s): %w", id, j.State, store.ErrWrongState)
+		case !j.State.Finalized() || j.Head:
+			_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?, attempt = 0, finished_at = NULL WHERE id = ?`, nowUS, id)
+			return err
+		default:
+			heads := lineHeads{tx: tx, ctx: ctx}
+			defer heads.close()
+			head := 1
+			if j.Key != "" {
+				isHead, err := heads.admit(j.Key, nowUS)
+				if err != nil {
+					return err
+				}
+				if !isHead {
+					head = 0
+				}
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?1, due_at = ?1, attempt = 0,
+				finished_at = NULL, head = ?2 WHERE id = ?3`, nowUS, head, id)
+			return err
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	return s.getWriter(ctx, id, now)
+}
+
+// Cancel finalizes a job that has not started (or a blocking dead letter)
+// and lets its key's line advance.
+func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), now)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("job %d: %w", id, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		blocking := j.State == store.StateDiscarded && j.Head
+		if j.State == store.StateRunning || (j.State.Finalized() && !blocking) {
+			return fmt.Errorf("cancel job %d (%s): %w", id, j.State, store.ErrWrongState)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 6, head = 0, finished_at = ? WHERE id = ?`, micros(now), id); err != nil {
+			return err
+		}
+		if j.Head {
+			prom, err := tx.PrepareContext(ctx, promoteSQL)
+			if err != nil {
+				return err
+			}
+			defer prom.Close()
+			return promote(ctx, prom, j.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	return s.getWriter(ctx, id, now)
+}
+
+// getWriter reads through the writer so a caller sees its own write.
+func (s *Store) getWriter(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
+	j, err := scanJob(s.writer.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), now)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
+	}
+	return j, nil
+}
+
+// Prune deletes finalized jobs past retention and frees expired
+// idempotency keys, at most Limit rows of each per call.
+func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 10000
+	}
+	var total int64
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, q := range []struct {
+			sql string
+			at  time.Time
+		}{
+			{`DELETE FROM herald_jobs WHERE id IN (SELECT id FROM herald_jobs
+				WHERE state >= 4 AND finished_at < ?1 AND state IN (4, 6) LIMIT ?2)`, p.CompletedBefore},
+			{`DELETE FROM herald_jobs WHERE id IN (SELECT id FROM herald_jobs
+				WHERE state >= 4 AND finished_at < ?1 AND state = 5 AND head = 0 LIMIT ?2)`, p.DiscardedBefore},
+		} {
+			if q.at.IsZero() {
+				continue
+			}
+			res, err := tx.ExecContext(ctx, q.sql, micros(q.at), limit)
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			total += n
+		}
+		if !p.IdempotencyBefore.IsZero() {
+			_, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET idempotency_key = NULL WHERE id IN (
+				SELECT id FROM herald_jobs WHERE idempotency_key IS NOT NULL AND created_at < ? LIMIT ?)`,
+				micros(p.IdempotencyBefore), limit)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: prune: %w", err)
+	}
+	return int(total), nil
+}
+
+// Stats counts jobs by kind and state. It scans the table: call it
+// periodically, not per request on a hot path.
+func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) {
+	st := &store.Stats{ByKindState: map[string]map[store.State]int64{}}
+	nowUS := micros(now)
+	rows, err := s.reader.QueryContext(ctx, `SELECT kind,
+		CASE WHEN state = 0 AND run_at <= ?1 THEN 1 ELSE state END AS st, count(*)
+		FROM herald_jobs GROUP BY kind, st`, nowUS)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: stats: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var kind string
+		var state int
+		var n int64
+		if err := rows.Scan(&kind, &state, &n); err != nil {
+			return nil, fmt.Errorf("sqlite: stats: %w", err)
+		}
+		if st.ByKindState[kind] == nil {
+			st.ByKindState[kind] = map[store.State]int64{}
+		}
+		st.ByKindState[kind][stateNames[state]] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: stats: %w", err)
+	}
+	var oldest sql.NullInt64
+	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE state IN (0, 1, 3) AND run_at <= ?1), min(due_at)
+		FROM herald_jobs WHERE head = 1 AND state < 4`, nowUS).Scan(&st.ReadyKeys, &oldest)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: stats: %w", err)
+	}
+	if oldest.Valid {
+		st.OldestPendingDueAt = fromMicros(oldest.Int64)
+	}
+	return st, nil
+}

@@ -1,0 +1,193 @@
+// Package sqlite is herald's default store: an embedded SQLite database
+// (modernc.org/sqlite, pure Go) in WAL mode with synchronous=FULL, so a
+// committed transaction survives a crash or power loss.
+//
+// One process owns a database file at a time (an advisory lock enforces it),
+// so running jobs found at Open belong to a process that died and are
+// returned to their lines at once.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/heraldmq/herald/store"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// ErrLocked means another process holds the database file.
+var ErrLocked = errors.New("sqlite: database is in use by another herald process")
+
+// Store is the SQLite driver. Create it with Open.
+type Store struct {
+	path   string
+	lock   *os.File
+	writer *sql.DB // one connection: SQLite has a single writer anyway
+	reader *sql.DB // WAL lets readers run beside the writer
+}
+
+var _ store.Driver = (*Store)(nil)
+
+// Options tunes Open. The zero value is fine.
+type Options struct {
+	// CacheMiB is SQLite's page cache per connection. Defaults to 64.
+	CacheMiB int
+	// Readers is the number of read connections. Defaults to 4.
+	Readers int
+}
+
+// Open opens (creating if needed) the database at path, applies migrations
+// and rescues jobs left running by a previous process.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	if opts.CacheMiB <= 0 {
+		opts.CacheMiB = 64
+	}
+	if opts.Readers <= 0 {
+		opts.Readers = 4
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("sqlite: create data directory: %w", err)
+		}
+	}
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%w (%s)", ErrLocked, path)
+	}
+	s := &Store{path: path, lock: lock}
+	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=cache_size(-%d)", opts.CacheMiB*1024)
+	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("sqlite: open: %w", err)
+	}
+	s.writer.SetMaxOpenConns(1)
+	s.writer.SetMaxIdleConns(1)
+	s.writer.SetConnMaxLifetime(0)
+	s.writer.SetConnMaxIdleTime(0)
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.reader, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_pragma=query_only(1)")
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("sqlite: open reader: %w", err)
+	}
+	s.reader.SetMaxOpenConns(opts.Readers)
+	s.reader.SetMaxIdleConns(opts.Readers)
+	// The previous owner of the file is gone (we hold the lock), so every
+	// running job was interrupted.
+	if _, err := s.Rescue(ctx, store.RescueParams{Now: time.Now(), ExpiredBefore: time.Unix(1<<40, 0)}); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close releases the database and its lock.
+func (s *Store) Close() error {
+	var errs []error
+	if s.reader != nil {
+		errs = append(errs, s.reader.Close())
+	}
+	if s.writer != nil {
+		errs = append(errs, s.writer.Close())
+	}
+	if s.lock != nil {
+		errs = append(errs, s.lock.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.reader.PingContext(ctx)
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.writer.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS herald_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("sqlite: migrations table: %w", wrap(err))
+	}
+	names, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		version := strings.TrimSuffix(filepath.Base(name), ".sql")
+		var n int
+		if err := s.writer.QueryRowContext(ctx, `SELECT count(*) FROM herald_migrations WHERE version = ?`, version).Scan(&n); err != nil {
+			return fmt.Errorf("sqlite: read migrations: %w", wrap(err))
+		}
+		if n > 0 {
+			continue
+		}
+		body, err := migrationFS.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		err = s.inTx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO herald_migrations (version, applied_at) VALUES (?, ?)`, version, time.Now().UnixMicro())
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("sqlite: migration %s: %w", version, err)
+		}
+	}
+	return nil
+}
+
+// inTx runs fn in a write transaction (BEGIN IMMEDIATE) and commits.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return wrap(err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return wrap(err)
+	}
+	return wrap(tx.Commit())
+}
+
+// wrap marks errors that mean "the store cannot write right now" with
+// store.ErrUnavailable so callers can answer 503 and retry.
+func wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_BUSY,
+			sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN:
+			if !errors.Is(err, store.ErrUnavailable) {
+				return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+			}
+		}
+	}
+	return err
+}

@@ -1,0 +1,255 @@
+// Package store defines the seam between herald's engine and the database
+// that keeps jobs durable.
+//
+// A Driver owns the per-key line invariant: for every non-empty key with work
+// left, exactly one job is the key's head, and only heads are ever claimed.
+// Keeping that invariant inside the store (rather than in one process's
+// memory) is what lets several nodes share one PostgreSQL database with
+// per-key FIFO intact, and what keeps the engine's memory independent of the
+// backlog.
+//
+// Every driver must pass the conformance suite in store/storetest.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Sentinel errors drivers return (wrapped) so callers can branch on them.
+var (
+	// ErrNotFound means no job has the given id.
+	ErrNotFound = errors.New("job not found")
+	// ErrWrongState means the operation does not apply to the job's current
+	// state, e.g. cancelling a completed job.
+	ErrWrongState = errors.New("job is in the wrong state for this operation")
+	// ErrUnavailable means the store cannot take writes right now (disk full,
+	// read-only, locked). It is temporary: retry later.
+	ErrUnavailable = errors.New("store unavailable")
+)
+
+// State is a job's lifecycle state.
+type State string
+
+// The states a job moves through. Scheduled, Available and Retryable are
+// "pending": the job waits for its turn and its run_at.
+const (
+	StateScheduled State = "scheduled" // run_at is in the future
+	StateAvailable State = "available" // due; waits for its key's turn and a worker slot
+	StateRunning   State = "running"   // a worker is running it
+	StateRetryable State = "retryable" // failed; waits for its backoff to elapse
+	StateCompleted State = "completed"
+	StateDiscarded State = "discarded" // dead letter: gave up after max attempts or a permanent error
+	StateCancelled State = "cancelled"
+)
+
+// Finalized reports whether the state is terminal.
+func (s State) Finalized() bool {
+	return s == StateCompleted || s == StateDiscarded || s == StateCancelled
+}
+
+// Valid reports whether s is one of the defined states.
+func (s State) Valid() bool {
+	switch s {
+	case StateScheduled, StateAvailable, StateRunning, StateRetryable,
+		StateCompleted, StateDiscarded, StateCancelled:
+		return true
+	}
+	return false
+}
+
+// AttemptError records why one attempt failed.
+type AttemptError struct {
+	At      time.Time `json:"at"`
+	Attempt int       `json:"attempt"`
+	Message string    `json:"message"`
+}
+
+// Job is a stored job, as drivers return it.
+type Job struct {
+	ID             int64
+	Kind           string
+	Key            string // ordering key; "" means unordered
+	Payload        json.RawMessage
+	State          State
+	Attempt        int // attempts started so far
+	MaxAttempts    int
+	RunAt          time.Time // earliest time the next attempt may start
+	DueAt          time.Time // position in the key's line: when the job became due
+	IdempotencyKey string
+	Errors         []AttemptError
+	CreatedAt      time.Time
+	StartedAt      time.Time // zero until the first attempt starts
+	FinishedAt     time.Time // zero until finalized
+	// Head reports whether the job is at the front of its key's line.
+	Head bool
+	// LeaseOwner is the node running the job (running jobs only).
+	LeaseOwner string
+}
+
+// InsertParams describes one job to insert.
+type InsertParams struct {
+	Kind           string
+	Key            string
+	Payload        json.RawMessage
+	RunAt          time.Time // zero means now
+	MaxAttempts    int
+	IdempotencyKey string // "" means none
+}
+
+// InsertResult is the outcome of one InsertParams.
+type InsertResult struct {
+	Job *Job
+	// Existing is true when IdempotencyKey matched a job created within the
+	// idempotency window; Job is then that job and nothing was inserted.
+	Existing bool
+}
+
+// InsertManyParams is a batch stored in one transaction: all or nothing.
+type InsertManyParams struct {
+	Jobs []InsertParams
+	Now  time.Time
+	// IdempotencySince: an existing job with the same idempotency key created
+	// at or after this time is returned instead of inserting.
+	IdempotencySince time.Time
+}
+
+// ClaimParams asks for ready heads to run.
+type ClaimParams struct {
+	Now time.Time
+	// Owner identifies the claiming node; written as the lease owner.
+	Owner string
+	// LeaseUntil is when the claim expires unless renewed.
+	LeaseUntil time.Time
+	// Limits caps how many jobs of each kind to claim, tried in order. Kinds
+	// absent from the slice are not claimed.
+	Limits []KindLimit
+	// Max caps the total across kinds.
+	Max int
+}
+
+// KindLimit is one kind's claim cap.
+type KindLimit struct {
+	Kind string
+	Max  int
+}
+
+// Outcome says how an attempt ended.
+type Outcome int
+
+const (
+	// OutcomeCompleted: success. The job is finalized and its key advances.
+	OutcomeCompleted Outcome = iota + 1
+	// OutcomeRetry: failed; retry at RetryAt. The job stays its key's head.
+	OutcomeRetry
+	// OutcomeDiscard: failed for good. The key advances unless BlockKey.
+	OutcomeDiscard
+	// OutcomeRelease: not attempted to the end (shutdown); back to pending
+	// without consuming the attempt.
+	OutcomeRelease
+)
+
+// FinishParams records how one claimed job's attempt ended.
+type FinishParams struct {
+	ID      int64
+	Owner   string // must still be the lease owner, or the write is fenced off
+	Outcome Outcome
+	Error   string    // for Retry and Discard
+	RetryAt time.Time // for Retry
+	// BlockKey keeps a discarded job at the head of its key's line so the
+	// key waits for an operator (Retry or Cancel).
+	BlockKey bool
+}
+
+// FinishManyParams is a batch of outcomes written in one transaction.
+type FinishManyParams struct {
+	Now      time.Time
+	Finishes []FinishParams
+}
+
+// FinishResult reports per-finish whether the write took effect.
+type FinishResult struct {
+	ID int64
+	// Fenced is true when the job was no longer running under Owner (its lease
+	// expired and another node took over); nothing was written for it.
+	Fenced bool
+}
+
+// ListParams filters List. Zero values mean "any".
+type ListParams struct {
+	State   State
+	Kind    string
+	Key     string
+	AfterID int64 // cursor: ids greater than this, ascending
+	Limit   int
+	Now     time.Time
+}
+
+// RescueParams returns running jobs whose lease expired to the queue.
+type RescueParams struct {
+	Now time.Time
+	// ExpiredBefore: running jobs with lease_until before this are rescued.
+	ExpiredBefore time.Time
+}
+
+// PruneParams deletes finalized jobs past their retention.
+type PruneParams struct {
+	CompletedBefore   time.Time // completed or cancelled jobs finished before this
+	DiscardedBefore   time.Time // discarded jobs finished before this (not blocking a key)
+	IdempotencyBefore time.Time
+	Limit             int // max rows per call, to keep transactions short
+}
+
+// Stats is a snapshot of the store's contents.
+type Stats struct {
+	// ByKindState counts jobs by kind, then state.
+	ByKindState map[string]map[State]int64
+	// ReadyKeys is the number of line heads that could start now.
+	ReadyKeys int64
+	// OldestPendingDueAt is the due time of the oldest pending job; zero if none.
+	OldestPendingDueAt time.Time
+}
+
+// KeyLine describes one key's line.
+type KeyLine struct {
+	Key     string
+	Pending int64 // jobs not finalized, including the head
+	Head    *Job  // nil when the key has no line
+}
+
+// Driver is a storage backend. Methods are safe for concurrent use. Every
+// batch method is one transaction.
+type Driver interface {
+	// InsertMany stores a batch durably, all or nothing, and places each job
+	// in its key's line.
+	InsertMany(ctx context.Context, p InsertManyParams) ([]InsertResult, error)
+	// Claim marks ready line heads running under a lease and returns them.
+	// A head is ready when its state is pending and run_at <= Now.
+	Claim(ctx context.Context, p ClaimParams) ([]*Job, error)
+	// FinishMany records attempt outcomes and advances key lines.
+	FinishMany(ctx context.Context, p FinishManyParams) ([]FinishResult, error)
+	// RenewLeases extends the lease of every job running under owner.
+	RenewLeases(ctx context.Context, owner string, until time.Time) error
+	// Rescue returns running jobs with expired leases to pending, keeping
+	// their place at the head of their key's line. It returns how many.
+	Rescue(ctx context.Context, p RescueParams) (int, error)
+	// NextRunAt is the earliest run_at among pending heads of the given
+	// kinds (zero if none), so an idle engine knows how long it may sleep.
+	NextRunAt(ctx context.Context, kinds []string) (time.Time, error)
+
+	Get(ctx context.Context, id int64) (*Job, error)
+	List(ctx context.Context, p ListParams) ([]*Job, error)
+	Line(ctx context.Context, key string) (*KeyLine, error)
+	// Retry makes a discarded, cancelled or pending job available now, with
+	// a fresh set of attempts.
+	Retry(ctx context.Context, id int64, now time.Time) (*Job, error)
+	// Cancel finalizes a job that is not running and not finalized.
+	Cancel(ctx context.Context, id int64, now time.Time) (*Job, error)
+
+	Prune(ctx context.Context, p PruneParams) (int, error)
+	Stats(ctx context.Context, now time.Time) (*Stats, error)
+	Ping(ctx context.Context) error
+	Close() error
+}
