@@ -219,9 +219,32 @@ type KeyLine struct {
 	Head    *Job  // nil when the key has no line
 }
 
+// ExchangeParams is one engine cycle's writes and claim, done in one
+// transaction so that a busy engine pays one commit (one fsync) per cycle
+// rather than one per job or per kind of write.
+type ExchangeParams struct {
+	Now              time.Time
+	Inserts          []InsertParams
+	IdempotencySince time.Time
+	Finishes         []FinishParams
+	// Claim, if set, claims ready heads after the writes, so a job whose
+	// predecessor just finished can start in the same transaction.
+	Claim *ClaimParams
+}
+
+// ExchangeResult holds, in order, the results of an ExchangeParams.
+type ExchangeResult struct {
+	Inserted []InsertResult
+	Finished []FinishResult
+	Claimed  []*Job
+}
+
 // Driver is a storage backend. Methods are safe for concurrent use. Every
 // batch method is one transaction.
 type Driver interface {
+	// Exchange inserts, finishes and claims in one transaction: all or
+	// nothing. InsertMany, FinishMany and Claim are its parts on their own.
+	Exchange(ctx context.Context, p ExchangeParams) (*ExchangeResult, error)
 	// InsertMany stores a batch durably, all or nothing, and places each job
 	// in its key's line.
 	InsertMany(ctx context.Context, p InsertManyParams) ([]InsertResult, error)

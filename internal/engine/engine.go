@@ -93,8 +93,7 @@ type Engine struct {
 	finish  chan finishRequest
 	wake    chan struct{}
 
-	mu       sync.Mutex
-	running  int
+	running  atomic.Int64 // attempts running now
 	stopping atomic.Bool
 	started  atomic.Bool
 	// gate orders Insert's send on enqueue before Stop closes it.
@@ -104,10 +103,12 @@ type Engine struct {
 	rootCancel context.CancelFunc
 	workCtx    context.Context // handler contexts derive from this
 	workCancel context.CancelCauseFunc
-	loops      sync.WaitGroup // committer, finisher, maintenance
-	dispatchWG sync.WaitGroup
+	maintDone  chan struct{}
+	// claimsStopped is closed by the store loop once it has seen Stop and
+	// will claim nothing more.
+	claimsStopped chan struct{}
+	loopDone   chan struct{} // closed when the store loop has written everything
 	workers    sync.WaitGroup
-	committer  chan struct{} // closed when the committer has drained
 
 	metrics Metrics
 	stats   atomic.Pointer[store.Stats]
@@ -116,7 +117,7 @@ type Engine struct {
 type kindState struct {
 	name string
 	Kind
-	running int // guarded by Engine.mu
+	running int // owned by the store loop
 	paused  atomic.Bool
 }
 
@@ -192,13 +193,11 @@ func (e *Engine) Start() error {
 	if !e.started.CompareAndSwap(false, true) {
 		return errors.New("engine: already started")
 	}
-	e.committer = make(chan struct{})
-	e.loops.Add(3)
-	go e.commitLoop()
-	go e.finishLoop()
+	e.loopDone = make(chan struct{})
+	e.maintDone = make(chan struct{})
+	e.claimsStopped = make(chan struct{})
+	go e.run()
 	go e.maintainLoop()
-	e.dispatchWG.Add(1)
-	go e.dispatchLoop()
 	return nil
 }
 
@@ -214,10 +213,10 @@ func (e *Engine) Stop(ctx context.Context) error {
 		e.gate.Unlock()
 		return errors.New("engine: already stopping")
 	}
-	close(e.enqueue) // the committer commits what was submitted, then exits
+	close(e.enqueue) // the store loop commits what was submitted; no new claims
 	e.gate.Unlock()
 	e.signal()
-	e.dispatchWG.Wait() // no new claims from here on
+	<-e.claimsStopped // from here on no worker starts
 	done := make(chan struct{})
 	go func() { e.workers.Wait(); close(done) }()
 	var err error
@@ -228,10 +227,10 @@ func (e *Engine) Stop(ctx context.Context) error {
 		<-done
 		err = fmt.Errorf("engine: stop: %w (running jobs were interrupted and released)", ctx.Err())
 	}
-	close(e.finish) // workers are done: nothing sends on finish any more
-	<-e.committer
+	close(e.finish) // no worker is left to send
+	<-e.loopDone
 	e.rootCancel()
-	e.loops.Wait()
+	<-e.maintDone
 	e.workCancel(errStopping)
 	return err
 }

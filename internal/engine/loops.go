@@ -49,78 +49,6 @@ func (e *Engine) Insert(ctx context.Context, jobs []store.InsertParams) ([]store
 	}
 }
 
-// commitLoop is the group commit: it takes every request waiting in the
-// queue (up to MaxBatch rows) and stores them in one transaction.
-func (e *Engine) commitLoop() {
-	defer e.loops.Done()
-	defer close(e.committer)
-	batch := make([]*insertRequest, 0, 64)
-	for req := range e.enqueue {
-		batch = append(batch[:0], req)
-		rows := len(req.jobs)
-	drain:
-		for rows < e.cfg.MaxBatch {
-			select {
-			case r, ok := <-e.enqueue:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-				rows += len(r.jobs)
-			default:
-				break drain
-			}
-		}
-		e.commit(batch, rows)
-	}
-}
-
-func (e *Engine) commit(batch []*insertRequest, rows int) {
-	if len(batch) == 1 {
-		res, err := e.insertNow(batch[0].jobs)
-		batch[0].done <- insertResult{res, err}
-		return
-	}
-	all := make([]store.InsertParams, 0, rows)
-	for _, r := range batch {
-		all = append(all, r.jobs...)
-	}
-	res, err := e.insertNow(all)
-	if err != nil {
-		// One request's failure must not fail the others: retry them apart.
-		for _, r := range batch {
-			res, err := e.insertNow(r.jobs)
-			r.done <- insertResult{res, err}
-		}
-		return
-	}
-	for _, r := range batch {
-		n := len(r.jobs)
-		r.done <- insertResult{results: res[:n:n]}
-		res = res[n:]
-	}
-}
-
-func (e *Engine) insertNow(jobs []store.InsertParams) ([]store.InsertResult, error) {
-	now := e.clk.Now()
-	res, err := e.drv.InsertMany(context.Background(), store.InsertManyParams{
-		Jobs: jobs, Now: now, IdempotencySince: now.Add(-e.idempotencyWindow()),
-	})
-	if err != nil {
-		return nil, err
-	}
-	var n int64
-	for _, r := range res {
-		if !r.Existing {
-			n++
-			e.metrics.kind(r.Job.Kind).Enqueued.Add(1)
-		}
-	}
-	e.metrics.Enqueued.Add(n)
-	e.signal()
-	return res, nil
-}
-
 func (e *Engine) idempotencyWindow() time.Duration {
 	if e.cfg.IdempotencyWindow > 0 {
 		return e.cfg.IdempotencyWindow
@@ -128,63 +56,208 @@ func (e *Engine) idempotencyWindow() time.Duration {
 	return 24 * time.Hour
 }
 
-// dispatchLoop claims ready heads into free worker slots.
-func (e *Engine) dispatchLoop() {
-	defer e.dispatchWG.Done()
-	kinds := append([]string(nil), e.order...)
-	rotate := 0
-	failures := 0
-	for !e.stopping.Load() {
-		limits, total := e.freeSlots(rotate)
-		rotate++
-		if total == 0 {
-			e.waitWake(e.cfg.PollInterval)
+// run is the engine's one store loop. Each cycle takes every insert and
+// outcome waiting (up to MaxBatch), and writes them and claims ready heads
+// for the free worker slots in one transaction: a busy engine pays one
+// commit per cycle, and a job whose predecessor just finished can start in
+// the same cycle. It returns once Stop has closed both channels and
+// everything received has been written.
+func (e *Engine) run() {
+	defer close(e.loopDone)
+	enq, fin := e.enqueue, e.finish
+	var (
+		inserts  []*insertRequest
+		finishes []finishRequest
+		mayClaim = true // claimable heads may exist
+		failures int
+		rotate   int
+		noClaims bool
+	)
+	for {
+		if !noClaims && e.stopping.Load() {
+			noClaims = true
+			close(e.claimsStopped)
+		}
+		idle := len(inserts) == 0 && len(finishes) == 0 && !(mayClaim && e.hasFreeSlots())
+		if idle {
+			if enq == nil && fin == nil {
+				return
+			}
+			c, stop := e.clk.NewTimer(e.idleWait())
+			select {
+			case r, ok := <-enq:
+				if !ok {
+					enq = nil
+				} else {
+					inserts = append(inserts, r)
+				}
+			case f, ok := <-fin:
+				if !ok {
+					fin = nil
+				} else {
+					finishes = append(finishes, e.received(f))
+				}
+			case <-e.wake:
+				mayClaim = true
+			case <-c:
+				mayClaim = true
+			}
+			stop()
+		}
+		rows := 0
+		for _, r := range inserts {
+			rows += len(r.jobs)
+		}
+	drain:
+		for rows < e.cfg.MaxBatch && len(finishes) < e.cfg.MaxBatch {
+			select {
+			case r, ok := <-enq:
+				if !ok {
+					enq = nil
+					continue
+				}
+				inserts = append(inserts, r)
+				rows += len(r.jobs)
+			case f, ok := <-fin:
+				if !ok {
+					fin = nil
+					continue
+				}
+				finishes = append(finishes, e.received(f))
+			case <-e.wake:
+				mayClaim = true
+			default:
+				break drain
+			}
+		}
+
+		var claim *store.ClaimParams
+		now := e.clk.Now()
+		if !noClaims && (mayClaim || len(finishes) > 0 || len(inserts) > 0) {
+			if limits, total := e.freeSlots(rotate); total > 0 {
+				rotate++
+				claim = &store.ClaimParams{Now: now, Owner: e.cfg.Owner,
+					LeaseUntil: now.Add(e.cfg.LeaseDuration), Limits: limits, Max: total}
+			}
+		}
+		if claim == nil && len(inserts) == 0 && len(finishes) == 0 {
+			mayClaim = false
 			continue
 		}
-		now := e.clk.Now()
-		jobs, err := e.drv.Claim(e.rootCtx, store.ClaimParams{
-			Now: now, Owner: e.cfg.Owner, LeaseUntil: now.Add(e.cfg.LeaseDuration),
-			Limits: limits, Max: total,
-		})
+		res, err := e.exchange(now, inserts, finishes, claim)
 		if err != nil {
 			failures++
-			e.log.Error("claim jobs failed; retrying", "err", err, "failures", failures)
-			e.waitWake(min(time.Duration(failures)*100*time.Millisecond, 5*time.Second))
+			e.log.Error("store write failed; retrying", "err", err, "failures", failures,
+				"pending_outcomes", len(finishes))
+			inserts = inserts[:0] // answered by exchange's fallback
+			e.sleep(min(time.Duration(failures)*50*time.Millisecond, 2*time.Second))
 			continue
 		}
 		failures = 0
-		for _, j := range jobs {
-			e.startJob(j)
+		e.count(finishes, res.Finished)
+		if len(res.Inserted) > 0 || len(finishes) > 0 {
+			mayClaim = true
 		}
-		if len(jobs) > 0 {
-			continue // there may be more; free slots decide
+		if claim != nil {
+			for _, j := range res.Claimed {
+				e.startJob(j)
+			}
+			mayClaim = len(res.Claimed) == claim.Max
 		}
-		wait := e.cfg.PollInterval
-		if next, err := e.drv.NextRunAt(e.rootCtx, kinds); err == nil && !next.IsZero() {
-			wait = min(wait, max(next.Sub(e.clk.Now()), 0))
-		}
-		if wait > 0 {
-			e.waitWake(wait)
-		}
+		inserts, finishes = inserts[:0], finishes[:0]
 	}
 }
 
-// waitWake sleeps until d passes, the engine is signalled, or it stops.
-func (e *Engine) waitWake(d time.Duration) {
+// exchange writes one cycle. If it fails with inserts aboard, each insert
+// request is retried on its own (so one bad batch fails alone, and callers
+// get an answer now), and the caller retries the outcomes later.
+func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []finishRequest, claim *store.ClaimParams) (*store.ExchangeResult, error) {
+	p := store.ExchangeParams{Now: now, IdempotencySince: now.Add(-e.idempotencyWindow()), Claim: claim}
+	for _, r := range inserts {
+		p.Inserts = append(p.Inserts, r.jobs...)
+	}
+	p.Finishes = make([]store.FinishParams, len(finishes))
+	for i, f := range finishes {
+		p.Finishes[i] = f.FinishParams
+	}
+	res, err := e.drv.Exchange(context.Background(), p)
+	if err == nil {
+		inserted := res.Inserted
+		for _, r := range inserts {
+			n := len(r.jobs)
+			e.acknowledge(r, inserted[:n:n], nil)
+			inserted = inserted[n:]
+		}
+		return res, nil
+	}
+	for _, r := range inserts {
+		res, err := e.drv.InsertMany(context.Background(), store.InsertManyParams{
+			Jobs: r.jobs, Now: now, IdempotencySince: p.IdempotencySince})
+		e.acknowledge(r, res, err)
+	}
+	return nil, err
+}
+
+func (e *Engine) acknowledge(r *insertRequest, res []store.InsertResult, err error) {
+	if err == nil {
+		var n int64
+		for _, x := range res {
+			if !x.Existing {
+				n++
+				e.metrics.kind(x.Job.Kind).Enqueued.Add(1)
+			}
+		}
+		e.metrics.Enqueued.Add(n)
+	}
+	r.done <- insertResult{res, err}
+}
+
+// received frees the finished attempt's worker slot.
+func (e *Engine) received(f finishRequest) finishRequest {
+	k := e.kinds[f.kind]
+	k.running--
+	e.running.Add(-1)
+	return f
+}
+
+// idleWait is how long an idle loop may sleep: until the next scheduled
+// head of a kind with free slots, at most PollInterval.
+func (e *Engine) idleWait() time.Duration {
+	wait := e.cfg.PollInterval
+	if e.stopping.Load() || !e.hasFreeSlots() {
+		return wait
+	}
+	var kinds []string
+	for _, name := range e.order {
+		k := e.kinds[name]
+		if !k.paused.Load() && k.running < k.Concurrency {
+			kinds = append(kinds, name)
+		}
+	}
+	next, err := e.drv.NextRunAt(e.rootCtx, kinds)
+	if err != nil || next.IsZero() {
+		return wait
+	}
+	return min(wait, max(next.Sub(e.clk.Now()), time.Millisecond))
+}
+
+// sleep waits d, or less if the engine is woken.
+func (e *Engine) sleep(d time.Duration) {
 	c, stop := e.clk.NewTimer(d)
 	defer stop()
 	select {
-	case <-e.wake:
 	case <-c:
-	case <-e.rootCtx.Done():
+	case <-e.wake:
 	}
+}
+
+func (e *Engine) hasFreeSlots() bool {
+	return int(e.running.Load()) < e.cfg.Workers
 }
 
 // freeSlots returns per-kind claim caps (rotated for fairness) and the total.
 func (e *Engine) freeSlots(rotate int) ([]store.KindLimit, int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	global := e.cfg.Workers - e.running
+	global := e.cfg.Workers - int(e.running.Load())
 	if global <= 0 {
 		return nil, 0
 	}
@@ -207,10 +280,8 @@ func (e *Engine) freeSlots(rotate int) ([]store.KindLimit, int) {
 
 func (e *Engine) startJob(j *store.Job) {
 	k := e.kinds[j.Kind]
-	e.mu.Lock()
-	e.running++
 	k.running++
-	e.mu.Unlock()
+	e.running.Add(1)
 	e.metrics.Started.Add(1)
 	e.metrics.kind(j.Kind).Started.Add(1)
 	e.workers.Add(1)
@@ -223,7 +294,7 @@ type finishRequest struct {
 	duration time.Duration
 }
 
-// work runs one attempt and hands its outcome to the finisher.
+// work runs one attempt and hands its outcome to the store loop.
 func (e *Engine) work(k *kindState, j *store.Job) {
 	defer e.workers.Done()
 	ctx := e.workCtx
@@ -237,13 +308,7 @@ func (e *Engine) work(k *kindState, j *store.Job) {
 	err := call(ctx, k.Handler, j)
 	cause := context.Cause(ctx)
 	cancel()
-	f := e.outcome(k, j, err, cause)
-	e.mu.Lock()
-	e.running--
-	k.running--
-	e.mu.Unlock()
-	e.finish <- finishRequest{FinishParams: f, kind: j.Kind, duration: time.Since(start)}
-	e.signal()
+	e.finish <- finishRequest{FinishParams: e.outcome(k, j, err, cause), kind: j.Kind, duration: time.Since(start)}
 }
 
 func call(ctx context.Context, h HandlerFunc, j *store.Job) (err error) {
@@ -286,47 +351,6 @@ func (e *Engine) outcome(k *kindState, j *store.Job, err, cause error) store.Fin
 	return f
 }
 
-// finishLoop group-commits outcomes. A failed write is retried: the jobs
-// stay running under our lease until it succeeds, so nothing is lost.
-func (e *Engine) finishLoop() {
-	defer e.loops.Done()
-	batch := make([]finishRequest, 0, 256)
-	for req := range e.finish {
-		batch = append(batch[:0], req)
-	drain:
-		for len(batch) < e.cfg.MaxBatch {
-			select {
-			case r, ok := <-e.finish:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
-		e.writeFinishes(batch)
-		e.signal()
-	}
-}
-
-func (e *Engine) writeFinishes(batch []finishRequest) {
-	params := store.FinishManyParams{Finishes: make([]store.FinishParams, len(batch))}
-	for i, r := range batch {
-		params.Finishes[i] = r.FinishParams
-	}
-	for attempt := 1; ; attempt++ {
-		params.Now = e.clk.Now()
-		res, err := e.drv.FinishMany(context.Background(), params)
-		if err == nil {
-			e.count(batch, res)
-			return
-		}
-		e.log.Error("recording job outcomes failed; retrying", "err", err, "jobs", len(batch), "attempt", attempt)
-		time.Sleep(min(time.Duration(attempt)*100*time.Millisecond, 5*time.Second))
-	}
-}
-
 func (e *Engine) count(batch []finishRequest, res []store.FinishResult) {
 	for i, r := range batch {
 		km := e.metrics.kind(r.kind)
@@ -359,7 +383,7 @@ func (e *Engine) count(batch []finishRequest, res []store.FinishResult) {
 // maintainLoop renews leases, rescues expired ones, prunes retention and
 // refreshes store statistics.
 func (e *Engine) maintainLoop() {
-	defer e.loops.Done()
+	defer close(e.maintDone)
 	renewEvery := e.cfg.LeaseDuration / 3
 	nextRenew := e.clk.Now().Add(renewEvery)
 	nextMaint := e.clk.Now()

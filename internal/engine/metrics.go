@@ -46,7 +46,5 @@ func (m *Metrics) EachKind(fn func(name string, km *KindMetrics)) {
 
 // Running returns the number of attempts running now.
 func (e *Engine) Running() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.running
+	return int(e.running.Load())
 }

@@ -92,292 +92,6 @@ func micros(t time.Time) int64 { return t.UnixMicro() }
 
 func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
 
-// InsertMany stores a batch in one transaction and places each job in its
-// key's line.
-func (s *Store) InsertMany(ctx context.Context, p store.InsertManyParams) ([]store.InsertResult, error) {
-	now := p.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	nowUS := micros(now)
-	results := make([]store.InsertResult, len(p.Jobs))
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		insert, err := tx.PrepareContext(ctx, `INSERT INTO herald_jobs
-			(kind, key, payload, state, head, max_attempts, run_at, due_at, idempotency_key, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-		if err != nil {
-			return err
-		}
-		defer insert.Close()
-		heads := lineHeads{tx: tx, ctx: ctx}
-		defer heads.close()
-		for i, in := range p.Jobs {
-			if in.IdempotencyKey != "" {
-				existing, err := s.idempotent(ctx, tx, in.IdempotencyKey, p.IdempotencySince, now)
-				if err != nil {
-					return err
-				}
-				if existing != nil {
-					results[i] = store.InsertResult{Job: existing, Existing: true}
-					continue
-				}
-			}
-			runAt := in.RunAt
-			if runAt.IsZero() || runAt.Before(now) {
-				runAt = now
-			}
-			state := stAvailable
-			if runAt.After(now) {
-				state = stScheduled
-			}
-			// due_at orders the line: a job joins its key's line when it
-			// becomes due, never ahead of a job that is already due.
-			dueUS := micros(runAt)
-			head := 1
-			if in.Key != "" {
-				isHead, err := heads.admit(in.Key, dueUS)
-				if err != nil {
-					return err
-				}
-				if !isHead {
-					head = 0
-				}
-			}
-			var idem any
-			if in.IdempotencyKey != "" {
-				idem = in.IdempotencyKey
-			}
-			res, err := insert.ExecContext(ctx, in.Kind, in.Key, []byte(in.Payload), state, head,
-				in.MaxAttempts, dueUS, dueUS, idem, nowUS)
-			if err != nil {
-				return err
-			}
-			id, err := res.LastInsertId()
-			if err != nil {
-				return err
-			}
-			j := &store.Job{
-				ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
-				State: stateNames[state], Head: head == 1, MaxAttempts: in.MaxAttempts,
-				RunAt: fromMicros(dueUS), DueAt: fromMicros(dueUS),
-				IdempotencyKey: in.IdempotencyKey, CreatedAt: fromMicros(nowUS),
-			}
-			results[i] = store.InsertResult{Job: j}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: insert jobs: %w", err)
-	}
-	return results, nil
-}
-
-// idempotent returns the live job holding key, or nil. A job past the
-// window gives its key up so a new job can take it.
-func (s *Store) idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Time) (*store.Job, error) {
-	row := tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE idempotency_key = ?`, key)
-	j, err := scanJob(row, now)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if !j.CreatedAt.Before(since) {
-		return j, nil
-	}
-	_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET idempotency_key = NULL WHERE id = ?`, j.ID)
-	return nil, err
-}
-
-// lineHeads decides, inside a write transaction, whether a job entering a
-// key's line becomes its head.
-type lineHeads struct {
-	ctx    context.Context
-	tx     *sql.Tx
-	find   *sql.Stmt
-	demote *sql.Stmt
-}
-
-func (h *lineHeads) close() {
-	if h.find != nil {
-		h.find.Close()
-	}
-	if h.demote != nil {
-		h.demote.Close()
-	}
-}
-
-// admit reports whether a job of key due at dueUS is the new head. The
-// current head keeps its place unless it is a scheduled job due later than
-// the newcomer (it has not started and the newcomer became due first).
-func (h *lineHeads) admit(key string, dueUS int64) (bool, error) {
-	var err error
-	if h.find == nil {
-		h.find, err = h.tx.PrepareContext(h.ctx, findHeadSQL)
-		if err != nil {
-			return false, err
-		}
-	}
-	var id, headDue int64
-	var state int
-	err = h.find.QueryRowContext(h.ctx, key).Scan(&id, &state, &headDue)
-	if errors.Is(err, sql.ErrNoRows) {
-		return true, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	if state != stScheduled || headDue <= dueUS {
-		return false, nil
-	}
-	if h.demote == nil {
-		h.demote, err = h.tx.PrepareContext(h.ctx, `UPDATE herald_jobs SET head = 0 WHERE id = ?`)
-		if err != nil {
-			return false, err
-		}
-	}
-	_, err = h.demote.ExecContext(h.ctx, id)
-	return err == nil, err
-}
-
-// promote makes the first job in key's line its head, if the line has one.
-func promote(ctx context.Context, stmt *sql.Stmt, key string) error {
-	if key == "" {
-		return nil
-	}
-	_, err := stmt.ExecContext(ctx, key)
-	return err
-}
-
-// The hot-path statements. "key <> ''" lets SQLite use the partial head
-// index; plan_test.go checks that none of them scans the table.
-const (
-	findHeadSQL = `SELECT id, state, due_at FROM herald_jobs WHERE key = ? AND key <> '' AND head = 1`
-	promoteSQL  = `UPDATE herald_jobs SET head = 1 WHERE id = (
-	SELECT id FROM herald_jobs WHERE key = ?1 AND state < 4 ORDER BY due_at, id LIMIT 1)
-	AND NOT EXISTS (SELECT 1 FROM herald_jobs WHERE key = ?1 AND key <> '' AND head = 1)`
-	claimSQL = `UPDATE herald_jobs
-			SET state = 2, attempt = attempt + 1, started_at = ?1, lease_owner = ?2, lease_until = ?3
-			WHERE id IN (SELECT id FROM herald_jobs
-				WHERE kind = ?4 AND head = 1 AND state IN (0, 1, 3) AND run_at <= ?1
-				ORDER BY run_at, id LIMIT ?5)
-			RETURNING ` + jobColumns
-	nextRunSQL = `SELECT min(run_at) FROM herald_jobs WHERE kind = ? AND head = 1 AND state IN (0, 1, 3)`
-)
-
-// Claim marks ready heads running and returns them, oldest first per kind.
-func (s *Store) Claim(ctx context.Context, p store.ClaimParams) ([]*store.Job, error) {
-	var jobs []*store.Job
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, claimSQL)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		nowUS := micros(p.Now)
-		left := p.Max
-		for _, l := range p.Limits {
-			n := min(l.Max, left)
-			if n <= 0 {
-				continue
-			}
-			before := len(jobs)
-			rows, err := stmt.QueryContext(ctx, nowUS, p.Owner, micros(p.LeaseUntil), l.Kind, n)
-			if err != nil {
-				return err
-			}
-			for rows.Next() {
-				j, err := scanJob(rows, p.Now)
-				if err != nil {
-					rows.Close()
-					return err
-				}
-				jobs = append(jobs, j)
-			}
-			if err := rows.Close(); err != nil {
-				return err
-			}
-			left -= len(jobs) - before
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: claim: %w", err)
-	}
-	return jobs, nil
-}
-
-// FinishMany records outcomes and advances the lines of finished heads.
-func (s *Store) FinishMany(ctx context.Context, p store.FinishManyParams) ([]store.FinishResult, error) {
-	results := make([]store.FinishResult, len(p.Finishes))
-	nowUS := micros(p.Now)
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		stmts := map[store.Outcome]string{
-			store.OutcomeCompleted: `UPDATE herald_jobs SET state = 4, head = 0, finished_at = ?3,
-				lease_owner = NULL, lease_until = NULL
-				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
-			store.OutcomeRetry: `UPDATE herald_jobs SET state = 3, run_at = ?4,
-				errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt, 'message', ?5)),
-				lease_owner = NULL, lease_until = NULL
-				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
-			store.OutcomeDiscard: `UPDATE herald_jobs SET state = 5, finished_at = ?3,
-				head = CASE WHEN ?7 AND key <> '' THEN 1 ELSE 0 END,
-				errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt, 'message', ?5)),
-				lease_owner = NULL, lease_until = NULL
-				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
-			store.OutcomeRelease: `UPDATE herald_jobs SET state = CASE WHEN errors IS NULL THEN 1 ELSE 3 END,
-				attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
-				WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
-		}
-		prepared := make(map[store.Outcome]*sql.Stmt, len(stmts))
-		defer func() {
-			for _, st := range prepared {
-				st.Close()
-			}
-		}()
-		prom, err := tx.PrepareContext(ctx, promoteSQL)
-		if err != nil {
-			return err
-		}
-		defer prom.Close()
-		at := p.Now.UTC().Format(time.RFC3339Nano)
-		for i, f := range p.Finishes {
-			results[i].ID = f.ID
-			st := prepared[f.Outcome]
-			if st == nil {
-				q, ok := stmts[f.Outcome]
-				if !ok {
-					return fmt.Errorf("finish job %d: unknown outcome %d", f.ID, f.Outcome)
-				}
-				if st, err = tx.PrepareContext(ctx, q); err != nil {
-					return err
-				}
-				prepared[f.Outcome] = st
-			}
-			var key string
-			err := st.QueryRowContext(ctx, f.ID, f.Owner, nowUS, micros(f.RetryAt), f.Error, at, f.BlockKey).Scan(&key)
-			if errors.Is(err, sql.ErrNoRows) {
-				results[i].Fenced = true
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if f.Outcome == store.OutcomeCompleted || (f.Outcome == store.OutcomeDiscard && !f.BlockKey) {
-				if err := promote(ctx, prom, key); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: finish jobs: %w", err)
-	}
-	return results, nil
-}
-
 // RenewLeases extends the leases of owner's running jobs.
 func (s *Store) RenewLeases(ctx context.Context, owner string, until time.Time) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
@@ -521,9 +235,9 @@ func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
 	return line, nil
 }
 
-// Retry makes a job run again now with a fresh set of attempts. A job at the
-// head of its line (a blocking dead letter, or a waiting head) keeps its
-// place; any other finalized job rejoins its key's line at the back.
+// Retry makes a job run again now with a fresh set of attempts. A waiting
+// job moves to now in its line; a blocking dead letter keeps its place at
+// the head; any other finalized job rejoins its key's line at the back.
 func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), now)
@@ -533,30 +247,22 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 		if err != nil {
 			return err
 		}
-		nowUS := micros(now)
-		switch {
-		case j.State == store.StateRunning || j.State == store.StateCompleted:
+		if j.State == store.StateRunning || j.State == store.StateCompleted {
 			return fmt.Errorf("retry job %d (%s): %w", id, j.State, store.ErrWrongState)
-		case !j.State.Finalized() || j.Head:
-			_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?, attempt = 0, finished_at = NULL WHERE id = ?`, nowUS, id)
-			return err
-		default:
-			heads := lineHeads{tx: tx, ctx: ctx}
-			defer heads.close()
-			head := 1
-			if j.Key != "" {
-				isHead, err := heads.admit(j.Key, nowUS)
-				if err != nil {
-					return err
-				}
-				if !isHead {
-					head = 0
-				}
-			}
-			_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?1, due_at = ?1, attempt = 0,
-				finished_at = NULL, head = ?2 WHERE id = ?3`, nowUS, head, id)
+		}
+		nowUS := micros(now)
+		dueUS := min(micros(j.DueAt), nowUS)
+		if j.State.Finalized() && !j.Head {
+			dueUS = nowUS
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?1, due_at = ?2, attempt = 0,
+			finished_at = NULL WHERE id = ?3`, nowUS, dueUS, id)
+		if err != nil {
 			return err
 		}
+		lines := &lineSet{}
+		lines.arrive(j.Key, dueUS)
+		return lines.settle(ctx, tx)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
@@ -582,15 +288,9 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job
 		if _, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 6, head = 0, finished_at = ? WHERE id = ?`, micros(now), id); err != nil {
 			return err
 		}
-		if j.Head {
-			prom, err := tx.PrepareContext(ctx, promoteSQL)
-			if err != nil {
-				return err
-			}
-			defer prom.Close()
-			return promote(ctx, prom, j.Key)
-		}
-		return nil
+		lines := &lineSet{}
+		lines.add(j.Key)
+		return lines.settle(ctx, tx)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)

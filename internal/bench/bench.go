@@ -1,0 +1,220 @@
+// Package bench holds the scenarios behind `herald bench`. Each runs a real
+// herald client on a real store and reports what it measured.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/heraldmq/herald"
+	"github.com/heraldmq/herald/internal/history"
+	"github.com/heraldmq/herald/store"
+)
+
+// Options are shared by every scenario.
+type Options struct {
+	// Store is where jobs live: "" for a fresh SQLite file in a temporary
+	// directory, a file path, or a URL understood by OpenStore.
+	Store string
+	// Workers is the engine's global worker cap (0: scenario default).
+	Workers int
+	// Out receives progress lines.
+	Out io.Writer
+	// Logger for the engine (nil: discard).
+	Logger *slog.Logger
+}
+
+// OpenStore opens the driver a --store flag names. It is a variable so the
+// PostgreSQL driver can plug in without this package importing it.
+var OpenStore = func(ctx context.Context, spec string) (store.Driver, func(), error) {
+	return openSQLite(ctx, spec)
+}
+
+// client opens the store and a client with kind "bench" running h.
+func (o Options) client(ctx context.Context, workers int, h herald.HandlerFunc) (*herald.Client, func(), error) {
+	drv, cleanup, err := OpenStore(ctx, o.Store)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := herald.New(herald.Config{Store: drv, Workers: workers, Logger: o.Logger, StatsInterval: time.Hour})
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	if err := c.Register("bench", h, herald.KindConfig{}); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	if err := c.Start(ctx); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = c.Stop(sctx)
+		cleanup()
+	}
+	return c, stop, nil
+}
+
+func (o Options) printf(format string, args ...any) {
+	if o.Out != nil {
+		fmt.Fprintf(o.Out, format+"\n", args...)
+	}
+}
+
+// payload is what bench jobs carry: enough for the checker.
+type payload struct {
+	Seq int64 `json:"seq"`
+}
+
+func seqOf(j *herald.Job) int64 {
+	// Hand-parsed: json.Unmarshal per job would dominate a no-op benchmark.
+	s := string(j.Payload)
+	i := strings.IndexByte(s, ':')
+	if i < 0 {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimRight(s[i+1:], "} "), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// enqueueAll enqueues keysOf(i) for i in [0,n) in batches from several
+// producers, preserving per-key order: each producer owns a disjoint set of
+// keys, so per-key sequence numbers follow acknowledgement order.
+func enqueueAll(ctx context.Context, c *herald.Client, rec *history.Recorder, n, batch, producers int, keyOf func(i int) int) (time.Duration, error) {
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, producers)
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seqs := map[int]int64{}
+			var buf []herald.EnqueueParams
+			flush := func() error {
+				if len(buf) == 0 {
+					return nil
+				}
+				res, err := c.EnqueueMany(ctx, buf)
+				if err != nil {
+					return err
+				}
+				if rec != nil {
+					for i, r := range res {
+						rec.Ack(history.Ack{ID: r.Job.ID, Key: r.Job.Key, Seq: seqOfParams(buf[i])})
+					}
+				}
+				buf = buf[:0]
+				return nil
+			}
+			for i := range n {
+				k := keyOf(i)
+				if k%producers != p {
+					continue
+				}
+				seq := seqs[k]
+				seqs[k]++
+				buf = append(buf, herald.EnqueueParams{
+					Kind: "bench", Key: "k" + strconv.Itoa(k),
+					Payload: json.RawMessage(`{"seq":` + strconv.FormatInt(seq, 10) + `}`),
+				})
+				if len(buf) >= batch {
+					if err := flush(); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+			if err := flush(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return time.Since(start), <-errs
+}
+
+func seqOfParams(p herald.EnqueueParams) int64 {
+	return seqOf(&herald.Job{Payload: p.Payload.(json.RawMessage)})
+}
+
+// waitFor polls until cond holds or the deadline passes.
+func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errors.New("timed out waiting for jobs to finish")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// percentile returns the p-th percentile (0..100) of ds in milliseconds.
+func percentile(ds []time.Duration, p float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p / 100)
+	return float64(s[i]) / float64(time.Millisecond)
+}
+
+func keyPicker(dist string, keys int, r *rand.Rand) (func(i int) int, error) {
+	switch dist {
+	case "random":
+		return func(int) int { return r.IntN(keys) }, nil
+	case "roundrobin":
+		return func(i int) int { return i % keys }, nil
+	}
+	return nil, fmt.Errorf("unknown distribution %q (want random or roundrobin)", dist)
+}
+
+func openSQLite(ctx context.Context, spec string) (store.Driver, func(), error) {
+	dir := ""
+	path := strings.TrimPrefix(spec, "sqlite:")
+	if path == "" {
+		var err error
+		dir, err = os.MkdirTemp("", "herald-bench-")
+		if err != nil {
+			return nil, nil, err
+		}
+		path = filepath.Join(dir, "herald.db")
+	}
+	drv, err := openSQLiteFile(ctx, path)
+	if err != nil {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
+		return nil, nil, err
+	}
+	return drv, func() {
+		drv.Close()
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
+	}, nil
+}
