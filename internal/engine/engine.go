@@ -107,8 +107,8 @@ type Engine struct {
 	// claimsStopped is closed by the store loop once it has seen Stop and
 	// will claim nothing more.
 	claimsStopped chan struct{}
-	loopDone   chan struct{} // closed when the store loop has written everything
-	workers    sync.WaitGroup
+	loopDone      chan struct{} // closed when the store loop has written everything
+	workers       sync.WaitGroup
 
 	metrics Metrics
 	stats   atomic.Pointer[store.Stats]

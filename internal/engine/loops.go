@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/heraldmq/herald/store"
 )
+
+var debugCycles = os.Getenv("HERALD_DEBUG_CYCLES") != ""
 
 type insertRequest struct {
 	jobs []store.InsertParams
@@ -108,17 +111,30 @@ func (e *Engine) run() {
 		for _, r := range inserts {
 			rows += len(r.jobs)
 		}
+		// Take what else is waiting. Inserts and outcomes have separate
+		// caps so a flood of enqueues never starves outcomes (and with them
+		// the lines' progress), or the other way round.
 	drain:
-		for rows < e.cfg.MaxBatch && len(finishes) < e.cfg.MaxBatch {
+		for {
+			in, out := enq, fin
+			if rows >= e.cfg.MaxBatch {
+				in = nil
+			}
+			if len(finishes) >= e.cfg.MaxBatch {
+				out = nil
+			}
+			if in == nil && out == nil {
+				break
+			}
 			select {
-			case r, ok := <-enq:
+			case r, ok := <-in:
 				if !ok {
 					enq = nil
 					continue
 				}
 				inserts = append(inserts, r)
 				rows += len(r.jobs)
-			case f, ok := <-fin:
+			case f, ok := <-out:
 				if !ok {
 					fin = nil
 					continue
@@ -144,7 +160,15 @@ func (e *Engine) run() {
 			mayClaim = false
 			continue
 		}
+		cycleStart := time.Now()
 		res, err := e.exchange(now, inserts, finishes, claim)
+		if debugCycles {
+			n := 0
+			if res != nil {
+				n = len(res.Claimed)
+			}
+			fmt.Fprintf(os.Stderr, "cycle %v ins=%d fin=%d claimed=%d max=%v\n", time.Since(cycleStart), len(inserts), len(finishes), n, claim != nil)
+		}
 		if err != nil {
 			failures++
 			e.log.Error("store write failed; retrying", "err", err, "failures", failures,

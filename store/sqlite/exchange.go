@@ -1,13 +1,11 @@
 package sqlite
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/heraldmq/herald/store"
@@ -39,36 +37,31 @@ const (
 		WHERE k.value <> '' AND NOT EXISTS (
 			SELECT 1 FROM herald_jobs h WHERE h.key = k.value AND h.key <> '' AND h.head = 1))`
 
-	completeSQL = `UPDATE herald_jobs SET state = 4, head = 0, finished_at = ?2,
-		lease_owner = NULL, lease_until = NULL
-		WHERE id IN (SELECT value FROM json_each(?1)) AND state = 2 AND lease_owner = ?3
-		RETURNING id, key`
+	// completeSQL takes [[id, started_at], ...].
+	completeSQL = `UPDATE herald_jobs SET state = 4, head = 0, attempt = attempt + 1,
+		started_at = p.value ->> 1, finished_at = ?2
+		FROM json_each(?1) p WHERE herald_jobs.id = p.value ->> 0`
 
-	claimSQL = `UPDATE herald_jobs
-		SET state = 2, attempt = attempt + 1, started_at = ?1, lease_owner = ?2, lease_until = ?3
-		WHERE id IN (SELECT id FROM herald_jobs
-			WHERE kind = ?4 AND head = 1 AND state IN (0, 1, 3) AND run_at <= ?1
-			ORDER BY run_at, id LIMIT ?5)
-		RETURNING ` + jobColumns
+	// claimSQL reads ready heads, skipping the ones this process already
+	// runs (?3, a JSON array of ids): claims live in memory, see claims.go.
+	claimSQL = `SELECT ` + jobColumns + ` FROM herald_jobs
+		WHERE kind = ?1 AND head = 1 AND state IN (0, 1, 3) AND run_at <= ?2
+			AND id NOT IN (SELECT value FROM json_each(?3))
+		ORDER BY run_at, id LIMIT ?4`
 
 	nextRunSQL = `SELECT min(run_at) FROM herald_jobs WHERE kind = ? AND head = 1 AND state IN (0, 1, 3)`
 )
 
-// Per-job statements for the rarer outcomes. ?1 id, ?2 owner, ?3 now,
+// Per-job statements for failed attempts. ?1 id, ?2 started_at, ?3 now,
 // ?4 retry at, ?5 message, ?6 time as text, ?7 block key.
-var finishSQL = map[store.Outcome]string{
-	store.OutcomeRetry: `UPDATE herald_jobs SET state = 3, run_at = ?4,
-		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt, 'message', ?5)),
-		lease_owner = NULL, lease_until = NULL
-		WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
-	store.OutcomeDiscard: `UPDATE herald_jobs SET state = 5, finished_at = ?3,
+var failSQL = map[store.Outcome]string{
+	store.OutcomeRetry: `UPDATE herald_jobs SET state = 3, run_at = ?4, attempt = attempt + 1, started_at = ?2,
+		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt + 1, 'message', ?5))
+		WHERE id = ?1`,
+	store.OutcomeDiscard: `UPDATE herald_jobs SET state = 5, finished_at = ?3, attempt = attempt + 1, started_at = ?2,
 		head = CASE WHEN ?7 AND key <> '' THEN 1 ELSE 0 END,
-		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt, 'message', ?5)),
-		lease_owner = NULL, lease_until = NULL
-		WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
-	store.OutcomeRelease: `UPDATE herald_jobs SET state = CASE WHEN errors IS NULL THEN 1 ELSE 3 END,
-		attempt = attempt - 1, lease_owner = NULL, lease_until = NULL
-		WHERE id = ?1 AND state = 2 AND lease_owner = ?2 RETURNING key`,
+		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt + 1, 'message', ?5))
+		WHERE id = ?1`,
 }
 
 // Exchange runs a cycle's inserts, finishes and claim in one transaction.
@@ -76,7 +69,14 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	if p.Now.IsZero() {
 		p.Now = time.Now()
 	}
-	var res *store.ExchangeResult
+	// One exchange at a time: claims are read and changed around the
+	// transaction, and the writer is a single connection anyway.
+	s.exchangeMu.Lock()
+	defer s.exchangeMu.Unlock()
+	var (
+		res  *store.ExchangeResult
+		done []int64
+	)
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		res = &store.ExchangeResult{}
 		lines := &lineSet{}
@@ -84,14 +84,14 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		if res.Inserted, err = insertTx(ctx, tx, p, lines); err != nil {
 			return fmt.Errorf("insert: %w", err)
 		}
-		if res.Finished, err = finishTx(ctx, tx, p.Now, p.Finishes, lines); err != nil {
+		if res.Finished, done, err = s.finishTx(ctx, tx, p.Now, p.Finishes, lines); err != nil {
 			return fmt.Errorf("finish: %w", err)
 		}
 		if err := lines.settle(ctx, tx); err != nil {
 			return fmt.Errorf("advance lines: %w", err)
 		}
 		if p.Claim != nil {
-			if res.Claimed, err = claimTx(ctx, tx, *p.Claim); err != nil {
+			if res.Claimed, err = s.claimTx(ctx, tx, *p.Claim); err != nil {
 				return fmt.Errorf("claim: %w", err)
 			}
 		}
@@ -99,6 +99,11 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	// Only a committed transaction changes what this process runs.
+	s.claims.release(done)
+	if p.Claim != nil {
+		s.claims.add(res.Claimed, p.Claim.Owner, p.Claim.LeaseUntil)
 	}
 	return res, nil
 }
@@ -265,48 +270,17 @@ func idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Tim
 	return nil, err
 }
 
-func finishTx(ctx context.Context, tx *sql.Tx, now time.Time, finishes []store.FinishParams, lines *lineSet) ([]store.FinishResult, error) {
+// finishTx writes outcomes of jobs this process claimed. It returns the
+// ids whose claims end once the transaction commits.
+func (s *Store) finishTx(ctx context.Context, tx *sql.Tx, now time.Time, finishes []store.FinishParams, lines *lineSet) ([]store.FinishResult, []int64, error) {
 	if len(finishes) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	results := make([]store.FinishResult, len(finishes))
+	done := make([]int64, 0, len(finishes))
 	nowUS := micros(now)
 	at := now.UTC().Format(time.RFC3339Nano)
-
-	// Completions, the common case, go in one statement per lease owner.
-	pos := map[int64]int{}
-	byOwner := map[string][]int64{}
-	for i, f := range finishes {
-		results[i] = store.FinishResult{ID: f.ID, Fenced: true}
-		if f.Outcome == store.OutcomeCompleted {
-			pos[f.ID] = i
-			byOwner[f.Owner] = append(byOwner[f.Owner], f.ID)
-		}
-	}
-	for owner, ids := range byOwner {
-		b, err := json.Marshal(ids)
-		if err != nil {
-			return nil, err
-		}
-		rows, err := tx.QueryContext(ctx, completeSQL, string(b), nowUS, owner)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var id int64
-			var key string
-			if err := rows.Scan(&id, &key); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			results[pos[id]].Fenced = false
-			lines.add(key)
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-	}
-
+	var completed [][2]int64
 	prepared := map[store.Outcome]*sql.Stmt{}
 	defer func() {
 		for _, st := range prepared {
@@ -314,38 +288,53 @@ func finishTx(ctx context.Context, tx *sql.Tx, now time.Time, finishes []store.F
 		}
 	}()
 	for i, f := range finishes {
-		if f.Outcome == store.OutcomeCompleted {
+		results[i].ID = f.ID
+		c, ok := s.claims.get(f.ID)
+		if !ok || c.owner != f.Owner {
+			results[i].Fenced = true // not ours (any more): write nothing
 			continue
 		}
-		st := prepared[f.Outcome]
-		if st == nil {
-			q, ok := finishSQL[f.Outcome]
-			if !ok {
-				return nil, fmt.Errorf("job %d: unknown outcome %d", f.ID, f.Outcome)
+		done = append(done, f.ID)
+		switch f.Outcome {
+		case store.OutcomeCompleted:
+			completed = append(completed, [2]int64{f.ID, c.startedUS})
+			lines.add(c.key)
+		case store.OutcomeRelease:
+			// The attempt was never recorded: dropping the claim is all.
+		case store.OutcomeRetry, store.OutcomeDiscard:
+			st := prepared[f.Outcome]
+			if st == nil {
+				var err error
+				if st, err = tx.PrepareContext(ctx, failSQL[f.Outcome]); err != nil {
+					return nil, nil, err
+				}
+				prepared[f.Outcome] = st
 			}
-			var err error
-			if st, err = tx.PrepareContext(ctx, q); err != nil {
-				return nil, err
+			if _, err := st.ExecContext(ctx, f.ID, c.startedUS, nowUS, micros(f.RetryAt), f.Error, at, f.BlockKey); err != nil {
+				return nil, nil, err
 			}
-			prepared[f.Outcome] = st
-		}
-		var key string
-		err := st.QueryRowContext(ctx, f.ID, f.Owner, nowUS, micros(f.RetryAt), f.Error, at, f.BlockKey).Scan(&key)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // fenced: no longer ours
-		}
-		if err != nil {
-			return nil, err
-		}
-		results[i].Fenced = false
-		if f.Outcome == store.OutcomeDiscard && !f.BlockKey {
-			lines.add(key)
+			if f.Outcome == store.OutcomeDiscard && !f.BlockKey {
+				lines.add(c.key)
+			}
+		default:
+			return nil, nil, fmt.Errorf("job %d: unknown outcome %d", f.ID, f.Outcome)
 		}
 	}
-	return results, nil
+	if len(completed) > 0 {
+		b, err := json.Marshal(completed)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := tx.ExecContext(ctx, completeSQL, string(b), nowUS); err != nil {
+			return nil, nil, err
+		}
+	}
+	return results, done, nil
 }
 
-func claimTx(ctx context.Context, tx *sql.Tx, p store.ClaimParams) ([]*store.Job, error) {
+// claimTx reads ready heads not already running here. The claims are
+// recorded in memory by the caller once the transaction commits.
+func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.ClaimParams) ([]*store.Job, error) {
 	stmt, err := tx.PrepareContext(ctx, claimSQL)
 	if err != nil {
 		return nil, err
@@ -359,8 +348,12 @@ func claimTx(ctx context.Context, tx *sql.Tx, p store.ClaimParams) ([]*store.Job
 		if n <= 0 {
 			continue
 		}
+		running, err := json.Marshal(s.claims.ofKind(l.Kind))
+		if err != nil {
+			return nil, err
+		}
 		before := len(jobs)
-		rows, err := stmt.QueryContext(ctx, nowUS, p.Owner, micros(p.LeaseUntil), l.Kind, n)
+		rows, err := stmt.QueryContext(ctx, l.Kind, nowUS, string(running), n)
 		if err != nil {
 			return nil, err
 		}
@@ -370,18 +363,15 @@ func claimTx(ctx context.Context, tx *sql.Tx, p store.ClaimParams) ([]*store.Job
 				rows.Close()
 				return nil, err
 			}
+			j.State = store.StateRunning
+			j.Attempt++
+			j.StartedAt = fromMicros(nowUS)
+			j.LeaseOwner = p.Owner
 			jobs = append(jobs, j)
 		}
 		if err := rows.Close(); err != nil {
 			return nil, err
 		}
-		// RETURNING order is unspecified; keep oldest first.
-		slices.SortFunc(jobs[before:], func(a, b *store.Job) int {
-			if c := a.RunAt.Compare(b.RunAt); c != 0 {
-				return c
-			}
-			return cmp.Compare(a.ID, b.ID)
-		})
 		left -= len(jobs) - before
 	}
 	return jobs, nil

@@ -43,7 +43,7 @@ func stateCode(s store.State) (int, bool) {
 }
 
 const jobColumns = `id, kind, key, payload, state, head, attempt, max_attempts, run_at, due_at,
-	idempotency_key, errors, created_at, started_at, finished_at, lease_owner`
+	idempotency_key, errors, created_at, started_at, finished_at`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -52,12 +52,12 @@ func scanJob(row scanner, now time.Time) (*store.Job, error) {
 		j                     store.Job
 		state, head           int
 		runAt, dueAt, created int64
-		idem, errs, owner     sql.NullString
+		idem, errs            sql.NullString
 		started, finished     sql.NullInt64
 		payload               []byte
 	)
 	err := row.Scan(&j.ID, &j.Kind, &j.Key, &payload, &state, &head, &j.Attempt, &j.MaxAttempts,
-		&runAt, &dueAt, &idem, &errs, &created, &started, &finished, &owner)
+		&runAt, &dueAt, &idem, &errs, &created, &started, &finished)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +72,6 @@ func scanJob(row scanner, now time.Time) (*store.Job, error) {
 		j.State = store.StateAvailable
 	}
 	j.IdempotencyKey = idem.String
-	j.LeaseOwner = owner.String
 	j.CreatedAt = fromMicros(created)
 	if started.Valid {
 		j.StartedAt = fromMicros(started.Int64)
@@ -93,38 +92,41 @@ func micros(t time.Time) int64 { return t.UnixMicro() }
 func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
 
 // RenewLeases extends the leases of owner's running jobs.
-func (s *Store) RenewLeases(ctx context.Context, owner string, until time.Time) error {
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET lease_until = ? WHERE state = 2 AND lease_owner = ?`, micros(until), owner)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("sqlite: renew leases: %w", err)
-	}
+func (s *Store) RenewLeases(_ context.Context, owner string, until time.Time) error {
+	s.claims.renew(owner, until)
 	return nil
 }
 
-// Rescue returns running jobs whose lease expired to the front of their
-// lines. The interrupted attempt counts and is recorded as an error.
+// Rescue ends claims whose lease expired (their worker stalled past it):
+// the interrupted attempt counts and is recorded as an error, and the job
+// stays at the head of its line, ready to run again.
 func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
-	var n int64
+	s.exchangeMu.Lock()
+	defer s.exchangeMu.Unlock()
+	expired := s.claims.expired(micros(p.ExpiredBefore))
+	if len(expired) == 0 {
+		return 0, nil
+	}
+	at := p.Now.UTC().Format(time.RFC3339Nano)
+	ids := make([]int64, 0, len(expired))
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 3, run_at = ?1,
-			errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?3, 'attempt', attempt,
-				'message', 'interrupted: lease of ' || coalesce(lease_owner, '?') || ' expired (process stopped or stalled)')),
-			lease_owner = NULL, lease_until = NULL
-			WHERE state = 2 AND lease_until < ?2`,
-			micros(p.Now), micros(p.ExpiredBefore), p.Now.UTC().Format(time.RFC3339Nano))
-		if err != nil {
-			return err
+		for id, c := range expired {
+			_, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 3, run_at = ?2, attempt = attempt + 1, started_at = ?3,
+				errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?4, 'attempt', attempt + 1,
+					'message', 'interrupted: lease of ' || ?5 || ' expired (worker stalled)'))
+				WHERE id = ?1`, id, micros(p.Now), c.startedUS, at, c.owner)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
 		}
-		n, err = res.RowsAffected()
-		return err
+		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: rescue: %w", err)
 	}
-	return int(n), nil
+	s.claims.release(ids)
+	return len(ids), nil
 }
 
 // NextRunAt returns the earliest run_at among pending heads of kinds.
@@ -155,7 +157,7 @@ func (s *Store) Get(ctx context.Context, id int64) (*store.Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
 	}
-	return j, nil
+	return s.claims.overlay(j), nil
 }
 
 // List returns jobs matching p in id order.
@@ -182,6 +184,15 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 			return nil, fmt.Errorf("sqlite: list: unknown state %q", p.State)
 		}
 		switch code {
+		case stRunning:
+			// Running lives in memory: list exactly the claimed ids.
+			ids := s.claims.ids()
+			b, err := json.Marshal(ids)
+			if err != nil {
+				return nil, err
+			}
+			where = append(where, "id IN (SELECT value FROM json_each(?))")
+			args = append(args, string(b))
 		case stScheduled:
 			where = append(where, "state = 0 AND run_at > ?")
 			args = append(args, micros(now))
@@ -197,7 +208,9 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 	if limit <= 0 {
 		limit = 100
 	}
-	args = append(args, limit)
+	// Running jobs are stored as pending: read enough extra rows to drop
+	// them from a pending-state page and still fill it.
+	args = append(args, limit+s.claims.len())
 	rows, err := s.reader.QueryContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE `+
 		strings.Join(where, " AND ")+` ORDER BY id LIMIT ?`, args...)
 	if err != nil {
@@ -205,10 +218,14 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 	}
 	defer rows.Close()
 	var jobs []*store.Job
-	for rows.Next() {
+	for rows.Next() && len(jobs) < limit {
 		j, err := scanJob(rows, now)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: list: %w", err)
+		}
+		j = s.claims.overlay(j)
+		if p.State != "" && j.State != p.State {
+			continue
 		}
 		jobs = append(jobs, j)
 	}
@@ -227,7 +244,7 @@ func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
 	case err != nil:
 		return nil, fmt.Errorf("sqlite: line: %w", err)
 	default:
-		line.Head = j
+		line.Head = s.claims.overlay(j)
 		if j.State == store.StateDiscarded {
 			line.Pending++ // the blocking dead letter is part of the line
 		}
@@ -247,6 +264,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 		if err != nil {
 			return err
 		}
+		j = s.claims.overlay(j)
 		if j.State == store.StateRunning || j.State == store.StateCompleted {
 			return fmt.Errorf("retry job %d (%s): %w", id, j.State, store.ErrWrongState)
 		}
@@ -281,6 +299,7 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job
 		if err != nil {
 			return err
 		}
+		j = s.claims.overlay(j)
 		blocking := j.State == store.StateDiscarded && j.Head
 		if j.State == store.StateRunning || (j.State.Finalized() && !blocking) {
 			return fmt.Errorf("cancel job %d (%s): %w", id, j.State, store.ErrWrongState)
@@ -304,7 +323,7 @@ func (s *Store) getWriter(ctx context.Context, id int64, now time.Time) (*store.
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
 	}
-	return j, nil
+	return s.claims.overlay(j), nil
 }
 
 // Prune deletes finalized jobs past retention and frees expired
@@ -385,5 +404,7 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	if oldest.Valid {
 		st.OldestPendingDueAt = fromMicros(oldest.Int64)
 	}
+	s.claims.countRunning(st)
+	st.ReadyKeys = max(st.ReadyKeys-int64(s.claims.len()), 0)
 	return st, nil
 }

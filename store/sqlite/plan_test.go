@@ -17,8 +17,8 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 	}{
 		"demote":   {demoteSQL, []any{`[["k", 5]]`}},
 		"promote":  {promoteSQL, []any{`["k"]`}},
-		"complete": {completeSQL, []any{`[1, 2]`, 5, "owner"}},
-		"claim":    {claimSQL, []any{5, "owner", 6, "kind", 10}},
+		"complete": {completeSQL, []any{`[[1, 2]]`, 5}},
+		"claim":    {claimSQL, []any{"kind", 5, `[1, 2]`, 10}},
 		"nextRun":  {nextRunSQL, []any{"kind"}},
 	} {
 		rows, err := s.writer.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q.sql, q.args...)

@@ -3,8 +3,8 @@
 // committed transaction survives a crash or power loss.
 //
 // One process owns a database file at a time (an advisory lock enforces it),
-// so running jobs found at Open belong to a process that died and are
-// returned to their lines at once.
+// so which jobs are running is kept in that process's memory (claims.go):
+// after a crash, jobs that were running are simply pending again.
 package sqlite
 
 import (
@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,6 +40,9 @@ type Store struct {
 	lock   *os.File
 	writer *sql.DB // one connection: SQLite has a single writer anyway
 	reader *sql.DB // WAL lets readers run beside the writer
+
+	exchangeMu sync.Mutex
+	claims     claimTable
 }
 
 var _ store.Driver = (*Store)(nil)
@@ -74,7 +78,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("%w (%s)", ErrLocked, path)
 	}
 	s := &Store{path: path, lock: lock}
-	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)", opts.CacheMiB*1024)
+	s.claims.init()
+	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)", opts.CacheMiB*1024)
 	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
 	if err != nil {
 		s.Close()
@@ -95,12 +100,6 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	s.reader.SetMaxOpenConns(opts.Readers)
 	s.reader.SetMaxIdleConns(opts.Readers)
-	// The previous owner of the file is gone (we hold the lock), so every
-	// running job was interrupted.
-	if _, err := s.Rescue(ctx, store.RescueParams{Now: time.Now(), ExpiredBefore: time.Unix(1<<40, 0)}); err != nil {
-		s.Close()
-		return nil, err
-	}
 	return s, nil
 }
 

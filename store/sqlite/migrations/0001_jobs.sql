@@ -1,5 +1,7 @@
 -- Jobs and their per-key lines. Times are Unix microseconds.
--- state: 0 scheduled, 1 available, 2 running, 3 retryable, 4 completed, 5 discarded, 6 cancelled.
+-- state: 0 scheduled, 1 available, 3 retryable, 4 completed, 5 discarded, 6 cancelled.
+-- Running is not stored: one process owns the file and tracks its claims in
+-- memory, so a running job keeps its pending state and finished-attempt count.
 -- head = 1 marks the front of a key's line; only heads are claimed. Unordered
 -- jobs (key '') are always heads. A discarded job that blocks its key stays head.
 CREATE TABLE herald_jobs (
@@ -17,9 +19,7 @@ CREATE TABLE herald_jobs (
     errors          TEXT,
     created_at      INTEGER NOT NULL,
     started_at      INTEGER,
-    finished_at     INTEGER,
-    lease_owner     TEXT,
-    lease_until     INTEGER
+    finished_at     INTEGER
 );
 
 -- At most one head per ordered key: the invariant per-key FIFO rests on.
@@ -30,4 +30,3 @@ CREATE INDEX herald_jobs_line ON herald_jobs (key, due_at, id) WHERE state < 4;
 CREATE INDEX herald_jobs_ready ON herald_jobs (kind, run_at, id) WHERE head = 1 AND state IN (0, 1, 3);
 CREATE UNIQUE INDEX herald_jobs_idempotency ON herald_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX herald_jobs_finished ON herald_jobs (finished_at) WHERE state >= 4;
-CREATE INDEX herald_jobs_running ON herald_jobs (lease_until) WHERE state = 2;

@@ -1,0 +1,25 @@
+package sqlite_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/heraldmq/herald/store"
+	"github.com/heraldmq/herald/store/sqlite"
+	"github.com/heraldmq/herald/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	storetest.Exercise(t, func(t *testing.T) store.Driver {
+		t.Helper()
+		s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "herald.db"), sqlite.Options{})
+		if err != nil {
+			t.Fatalf("sqlite.Open: %v", err)
+		}
+		// The suite's Close test closes the store itself; a second Close
+		// only reports that the lock file is already closed.
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
