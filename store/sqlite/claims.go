@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ type claim struct {
 	key, kind, owner string
 	untilUS          int64
 	startedUS        int64
+	dueUS            int64       // the job's place in its line
 	attempt          int         // the running attempt's number
 	was              store.State // state before the claim, for Stats
 }
@@ -54,7 +56,7 @@ func (t *claimTable) add(jobs []*store.Job, owner string, until time.Time) {
 	for _, j := range jobs {
 		t.byID[j.ID] = &claim{
 			key: j.Key, kind: j.Kind, owner: owner, untilUS: micros(until),
-			startedUS: micros(j.StartedAt), attempt: j.Attempt, was: wasState(j),
+			startedUS: micros(j.StartedAt), dueUS: micros(j.DueAt), attempt: j.Attempt, was: wasState(j),
 		}
 		ids := t.byKind[j.Kind]
 		if ids == nil {
@@ -87,14 +89,37 @@ func (t *claimTable) release(ids []int64) {
 	}
 }
 
-func (t *claimTable) ofKind(kind string) []int64 {
+// running returns the keys (ordered jobs) and ids (unordered jobs) of kind
+// that run here now, except the finished ids (whose outcomes the current
+// transaction writes). Neither is nil: they become JSON arrays.
+func (t *claimTable) running(kind string, finished []int64) (keys []string, ids []int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ids := make([]int64, 0, len(t.byKind[kind]))
+	keys, ids = []string{}, []int64{}
 	for id := range t.byKind[kind] {
-		ids = append(ids, id)
+		if slices.Contains(finished, id) {
+			continue
+		}
+		if c := t.byID[id]; c.key != "" {
+			keys = append(keys, c.key)
+		} else {
+			ids = append(ids, id)
+		}
 	}
-	return ids
+	return keys, ids
+}
+
+// runningKeys returns every key with a running job, for any kind.
+func (t *claimTable) runningKeys() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	keys := []string{}
+	for _, c := range t.byID {
+		if c.key != "" {
+			keys = append(keys, c.key)
+		}
+	}
+	return keys
 }
 
 func (t *claimTable) renew(owner string, until time.Time) {
@@ -167,4 +192,17 @@ func (t *claimTable) ids() []int64 {
 		ids = append(ids, id)
 	}
 	return ids
+}
+
+// runningHeads returns [key, due, id] of every running ordered job.
+func (t *claimTable) runningHeads() [][3]any {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	heads := [][3]any{}
+	for id, c := range t.byID {
+		if c.key != "" {
+			heads = append(heads, [3]any{c.key, c.dueUS, id})
+		}
+	}
+	return heads
 }

@@ -1,68 +1,79 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/heraldmq/herald/store"
 )
 
 // The hot-path statements. Batches pass ids and keys as one JSON array
-// (json_each) so a cycle runs a handful of statements whatever its size.
-// "key <> ”" lets SQLite use the partial head index; plan_test.go checks
-// that none of them scans the table.
+// (json_each), so a cycle runs a handful of statements whatever its size.
+// plan_test.go checks that none of them scans a table.
 const (
 	insertSQL = `INSERT INTO herald_jobs
-		(kind, key, payload, state, head, max_attempts, run_at, due_at, idempotency_key, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-
-	// demoteSQL takes [[key, due], ...]: a head that has never started and is
-	// due later than a newcomer gives up its place; promoteSQL then picks
-	// the true front of the line.
-	demoteSQL = `UPDATE herald_jobs SET head = 0 WHERE id IN (
-		SELECT h.id FROM json_each(?1) p
-		JOIN herald_jobs h ON h.key = p.value ->> 0 AND h.key <> '' AND h.head = 1
-		WHERE h.state = 0 AND h.due_at > p.value ->> 1)`
-
-	// promoteSQL takes [key, ...] and makes the front of each headless
-	// line its head.
-	promoteSQL = `UPDATE herald_jobs SET head = 1 WHERE id IN (
-		SELECT (SELECT j.id FROM herald_jobs j WHERE j.key = k.value AND j.state < 4
-			ORDER BY j.due_at, j.id LIMIT 1)
-		FROM json_each(?1) k
-		WHERE k.value <> '' AND NOT EXISTS (
-			SELECT 1 FROM herald_jobs h WHERE h.key = k.value AND h.key <> '' AND h.head = 1))`
+		(kind, key, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 	// completeSQL takes [[id, started_at], ...].
-	completeSQL = `UPDATE herald_jobs SET state = 4, head = 0, attempt = attempt + 1,
+	completeSQL = `UPDATE herald_jobs SET state = 4, attempt = attempt + 1,
 		started_at = p.value ->> 1, finished_at = ?2
 		FROM json_each(?1) p WHERE herald_jobs.id = p.value ->> 0`
 
-	// claimSQL reads ready heads, skipping the ones this process already
-	// runs (?3, a JSON array of ids): claims live in memory, see claims.go.
-	claimSQL = `SELECT ` + jobColumns + ` FROM herald_jobs
-		WHERE kind = ?1 AND head = 1 AND state IN (0, 1, 3) AND run_at <= ?2
-			AND id NOT IN (SELECT value FROM json_each(?3))
-		ORDER BY run_at, id LIMIT ?4`
+	// nextInLineSQL finds the job after (due, id) in key's line: the new
+	// head once the old one finished. Bound integers keep it one index seek.
+	nextInLineSQL = `SELECT id, kind, run_at FROM herald_jobs
+		WHERE key = ?1 AND key <> '' AND (due_at, id) > (?2, ?3) AND state < 4
+		ORDER BY due_at, id LIMIT 1`
+	dropLineSQL = `DELETE FROM herald_lines WHERE key = ?1`
 
-	nextRunSQL = `SELECT min(run_at) FROM herald_jobs WHERE kind = ? AND head = 1 AND state IN (0, 1, 3)`
+	// lineHeadSQL reads a key's head for placing newcomers.
+	lineHeadSQL = `SELECT l.head_id, l.blocked, j.state, j.due_at, j.attempt
+		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id WHERE l.key = ?`
+	newLineSQL  = `INSERT INTO herald_lines (key, head_id, kind, run_at) VALUES (?, ?, ?, ?)`
+	moveHeadSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 0 WHERE key = ?1`
+
+	// claimLinesSQL reads ready heads of one kind, skipping keys this
+	// process already runs (?3, a JSON array); claims live in memory.
+	claimLinesSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
+		WHERE l.kind = ?1 AND l.blocked = 0 AND l.run_at <= ?2
+			AND l.key NOT IN (SELECT value FROM json_each(?3))
+		ORDER BY l.run_at LIMIT ?4`
+	claimUnorderedSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
+		WHERE j.key = '' AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
+			AND j.id NOT IN (SELECT value FROM json_each(?3))
+		ORDER BY j.run_at, j.id LIMIT ?4`
+
+	nextLineRunSQL = `SELECT run_at FROM herald_lines
+		WHERE kind = ?1 AND blocked = 0 AND key NOT IN (SELECT value FROM json_each(?2))
+		ORDER BY run_at LIMIT 1`
+	nextUnorderedRunSQL = `SELECT run_at FROM herald_jobs
+		WHERE key = '' AND kind = ?1 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))
+		ORDER BY run_at, id LIMIT 1`
 )
 
-// Per-job statements for failed attempts. ?1 id, ?2 started_at, ?3 now,
-// ?4 retry at, ?5 message, ?6 time as text, ?7 block key.
-var failSQL = map[store.Outcome]string{
-	store.OutcomeRetry: `UPDATE herald_jobs SET state = 3, run_at = ?4, attempt = attempt + 1, started_at = ?2,
+// hotStatements are prepared once at Open.
+var hotStatements = []string{insertSQL, completeSQL, nextInLineSQL, dropLineSQL, lineHeadSQL,
+	newLineSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL}
+
+// Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
+// at, ?5 message, ?6 time as text.
+const (
+	retrySQL = `UPDATE herald_jobs SET state = 3, run_at = ?4, attempt = attempt + 1, started_at = ?2,
 		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt + 1, 'message', ?5))
-		WHERE id = ?1`,
-	store.OutcomeDiscard: `UPDATE herald_jobs SET state = 5, finished_at = ?3, attempt = attempt + 1, started_at = ?2,
-		head = CASE WHEN ?7 AND key <> '' THEN 1 ELSE 0 END,
+		WHERE id = ?1`
+	discardSQL = `UPDATE herald_jobs SET state = 5, finished_at = ?3, attempt = attempt + 1, started_at = ?2,
 		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt + 1, 'message', ?5))
-		WHERE id = ?1`,
-}
+		WHERE id = ?1`
+	lineRunAtSQL = `UPDATE herald_lines SET run_at = ?2 WHERE key = ?1`
+	blockSQL     = `UPDATE herald_lines SET blocked = 1 WHERE key = ?1`
+)
 
 // Exchange runs a cycle's inserts, finishes and claim in one transaction.
 func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.ExchangeResult, error) {
@@ -79,19 +90,20 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	)
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		res = &store.ExchangeResult{}
-		lines := &lineSet{}
+		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
+		defer w.close()
 		var err error
-		if res.Inserted, err = insertTx(ctx, tx, p, lines); err != nil {
+		if res.Inserted, err = w.insert(p); err != nil {
 			return fmt.Errorf("insert: %w", err)
 		}
-		if res.Finished, done, err = s.finishTx(ctx, tx, p.Now, p.Finishes, lines); err != nil {
+		if res.Finished, done, err = w.finish(p.Now, p.Finishes); err != nil {
 			return fmt.Errorf("finish: %w", err)
 		}
-		if err := lines.settle(ctx, tx); err != nil {
+		if err := w.flush(); err != nil {
 			return fmt.Errorf("advance lines: %w", err)
 		}
 		if p.Claim != nil {
-			if res.Claimed, err = s.claimTx(ctx, tx, *p.Claim); err != nil {
+			if res.Claimed, err = w.claim(*p.Claim, done); err != nil {
 				return fmt.Errorf("claim: %w", err)
 			}
 		}
@@ -126,7 +138,7 @@ func (s *Store) FinishMany(ctx context.Context, p store.FinishManyParams) ([]sto
 	return res.Finished, nil
 }
 
-// Claim marks ready heads running and returns them.
+// Claim marks ready heads running (in memory) and returns them.
 func (s *Store) Claim(ctx context.Context, p store.ClaimParams) ([]*store.Job, error) {
 	res, err := s.Exchange(ctx, store.ExchangeParams{Now: p.Now, Claim: &p})
 	if err != nil {
@@ -135,104 +147,184 @@ func (s *Store) Claim(ctx context.Context, p store.ClaimParams) ([]*store.Job, e
 	return res.Claimed, nil
 }
 
-// lineSet collects the keys whose lines a transaction changed, so their
-// heads are fixed up with two set-based statements at the end.
-type lineSet struct {
-	promote map[string]struct{}
-	due     map[string]int64 // earliest due of newcomers per key
+// lineWriter makes a transaction's changes to jobs and lines, collecting
+// line moves so they run as set-based statements at the end.
+type lineWriter struct {
+	ctx    context.Context
+	tx     *sql.Tx
+	store  *Store
+	claims *claimTable
+	stmts  map[string]*sql.Stmt // transaction-bound views of the store's prepared statements
+
+	advance  []finishedHead
+	arrivals map[string]*arrival // earliest newcomer per key
+	newHeads map[int64]bool      // arrivals that became their key's head
 }
 
-func (l *lineSet) add(key string) {
-	if key == "" {
-		return
-	}
-	if l.promote == nil {
-		l.promote = map[string]struct{}{}
-	}
-	l.promote[key] = struct{}{}
+type finishedHead struct {
+	key       string
+	dueUS, id int64
 }
 
-func (l *lineSet) arrive(key string, dueUS int64) {
-	if key == "" {
-		return
-	}
-	l.add(key)
-	if l.due == nil {
-		l.due = map[string]int64{}
-	}
-	if d, ok := l.due[key]; !ok || dueUS < d {
-		l.due[key] = dueUS
-	}
+type arrival struct {
+	id, dueUS, runUS int64
+	kind             string
 }
 
-func (l *lineSet) settle(ctx context.Context, tx *sql.Tx) error {
-	if len(l.due) > 0 {
-		pairs := make([][2]any, 0, len(l.due))
-		for k, d := range l.due {
-			pairs = append(pairs, [2]any{k, d})
-		}
-		b, err := json.Marshal(pairs)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, demoteSQL, string(b)); err != nil {
-			return err
+func (w *lineWriter) stmt(q string) (*sql.Stmt, error) {
+	if st, ok := w.stmts[q]; ok {
+		return st, nil
+	}
+	var st *sql.Stmt
+	if prepared, ok := w.store.stmts[q]; ok {
+		st = w.tx.StmtContext(w.ctx, prepared)
+	} else {
+		var err error
+		if st, err = w.tx.PrepareContext(w.ctx, q); err != nil {
+			return nil, err
 		}
 	}
-	if len(l.promote) == 0 {
-		return nil
+	if w.stmts == nil {
+		w.stmts = map[string]*sql.Stmt{}
 	}
-	keys := make([]string, 0, len(l.promote))
-	for k := range l.promote {
-		keys = append(keys, k)
-	}
-	b, err := json.Marshal(keys)
+	w.stmts[q] = st
+	return st, nil
+}
+
+func (w *lineWriter) exec(q string, args ...any) error {
+	st, err := w.stmt(q)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, promoteSQL, string(b))
+	_, err = st.ExecContext(w.ctx, args...)
 	return err
 }
 
-func insertTx(ctx context.Context, tx *sql.Tx, p store.ExchangeParams, lines *lineSet) ([]store.InsertResult, error) {
+func (w *lineWriter) close() {
+	for _, st := range w.stmts {
+		st.Close() // closes the transaction's view only
+	}
+}
+
+// arrive notes that job id of key now stands in line at (due, id).
+func (w *lineWriter) arrive(key string, id, dueUS, runUS int64, kind string) {
+	if w.arrivals == nil {
+		w.arrivals = map[string]*arrival{}
+	}
+	a := w.arrivals[key]
+	if a == nil || dueUS < a.dueUS || (dueUS == a.dueUS && id < a.id) {
+		w.arrivals[key] = &arrival{id: id, dueUS: dueUS, runUS: runUS, kind: kind}
+	}
+}
+
+// headFinished notes that the head of key, at (due, id), is finished.
+func (w *lineWriter) headFinished(key string, dueUS, id int64) {
+	w.advance = append(w.advance, finishedHead{key: key, dueUS: dueUS, id: id})
+}
+
+// flush advances finished lines, then places arrivals: a key without a
+// line gets one; a head that has never run and is due later than a
+// newcomer gives the newcomer its place.
+func (w *lineWriter) flush() error {
+	if len(w.advance) > 0 {
+		next, err := w.stmt(nextInLineSQL)
+		if err != nil {
+			return err
+		}
+		for _, h := range w.advance {
+			var (
+				id, runUS int64
+				kind      string
+			)
+			err := next.QueryRowContext(w.ctx, h.key, h.dueUS, h.id).Scan(&id, &kind, &runUS)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				err = w.exec(dropLineSQL, h.key)
+			case err == nil:
+				err = w.exec(moveHeadSQL, h.key, id, kind, runUS)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		w.advance = w.advance[:0]
+	}
+	if len(w.arrivals) == 0 {
+		return nil
+	}
+	find, err := w.stmt(lineHeadSQL)
+	if err != nil {
+		return err
+	}
+	for key, a := range w.arrivals {
+		var (
+			headID, headDue    int64
+			blocked, state, at int
+		)
+		err := find.QueryRowContext(w.ctx, key).Scan(&headID, &blocked, &state, &headDue, &at)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			if err := w.exec(newLineSQL, key, a.id, a.kind, a.runUS); err != nil {
+				return err
+			}
+			w.headed(a.id)
+		case err != nil:
+			return err
+		default:
+			_, running := w.claims.get(headID)
+			movable := blocked == 0 && state == stScheduled && at == 0 && !running
+			if movable && (a.dueUS < headDue || (a.dueUS == headDue && a.id < headID)) {
+				if err := w.exec(moveHeadSQL, key, a.id, a.kind, a.runUS); err != nil {
+					return err
+				}
+				w.headed(a.id)
+			}
+		}
+	}
+	clear(w.arrivals)
+	return nil
+}
+
+func (w *lineWriter) headed(id int64) {
+	if w.newHeads == nil {
+		w.newHeads = map[int64]bool{}
+	}
+	w.newHeads[id] = true
+}
+
+func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error) {
 	if len(p.Inserts) == 0 {
 		return nil, nil
 	}
-	stmt, err := tx.PrepareContext(ctx, insertSQL)
+	ins, err := w.stmt(insertSQL)
 	if err != nil {
 		return nil, err
 	}
-	defer stmt.Close()
 	now := p.Now
 	nowUS := micros(now)
 	results := make([]store.InsertResult, len(p.Inserts))
 	for i, in := range p.Inserts {
 		if in.IdempotencyKey != "" {
-			existing, err := idempotent(ctx, tx, in.IdempotencyKey, p.IdempotencySince, now)
+			existing, err := idempotent(w.ctx, w.tx, in.IdempotencyKey, p.IdempotencySince, now)
 			if err != nil {
 				return nil, err
 			}
 			if existing != nil {
-				results[i] = store.InsertResult{Job: existing, Existing: true}
+				results[i] = store.InsertResult{Job: w.claims.overlay(existing), Existing: true}
 				continue
 			}
 		}
 		// A job joins its key's line when it becomes due (due_at), never
 		// ahead of a job that is already due.
-		dueUS := nowUS
-		state := stAvailable
+		dueUS, state := nowUS, stAvailable
 		if in.RunAt.After(now) {
 			dueUS, state = micros(in.RunAt), stScheduled
-		}
-		head := 0
-		if in.Key == "" {
-			head = 1
 		}
 		var idem any
 		if in.IdempotencyKey != "" {
 			idem = in.IdempotencyKey
 		}
-		r, err := stmt.ExecContext(ctx, in.Kind, in.Key, []byte(in.Payload), state, head,
+		r, err := ins.ExecContext(w.ctx, in.Kind, in.Key, []byte(in.Payload), state,
 			in.MaxAttempts, dueUS, dueUS, idem, nowUS)
 		if err != nil {
 			return nil, err
@@ -241,13 +333,23 @@ func insertTx(ctx context.Context, tx *sql.Tx, p store.ExchangeParams, lines *li
 		if err != nil {
 			return nil, err
 		}
-		lines.arrive(in.Key, dueUS)
+		if in.Key != "" {
+			w.arrive(in.Key, id, dueUS, dueUS, in.Kind)
+		}
 		results[i] = store.InsertResult{Job: &store.Job{
 			ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
-			State: stateNames[state], Head: head == 1, MaxAttempts: in.MaxAttempts,
+			State: stateNames[state], MaxAttempts: in.MaxAttempts,
 			RunAt: fromMicros(dueUS), DueAt: fromMicros(dueUS),
 			IdempotencyKey: in.IdempotencyKey, CreatedAt: fromMicros(nowUS),
 		}}
+	}
+	if err := w.flush(); err != nil {
+		return nil, err
+	}
+	for _, r := range results {
+		if !r.Existing {
+			r.Job.Head = r.Job.Key == "" || w.newHeads[r.Job.ID]
+		}
 	}
 	return results, nil
 }
@@ -255,8 +357,7 @@ func insertTx(ctx context.Context, tx *sql.Tx, p store.ExchangeParams, lines *li
 // idempotent returns the live job holding key, or nil. A job past the
 // window gives its key up so a new job can take it.
 func idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Time) (*store.Job, error) {
-	row := tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE idempotency_key = ?`, key)
-	j, err := scanJob(row, now)
+	j, err := scanJob(tx.QueryRowContext(ctx, selectJob+` WHERE j.idempotency_key = ?`, key), now)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -270,9 +371,9 @@ func idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Tim
 	return nil, err
 }
 
-// finishTx writes outcomes of jobs this process claimed. It returns the
-// ids whose claims end once the transaction commits.
-func (s *Store) finishTx(ctx context.Context, tx *sql.Tx, now time.Time, finishes []store.FinishParams, lines *lineSet) ([]store.FinishResult, []int64, error) {
+// finish writes outcomes of jobs this process claimed. It returns the ids
+// whose claims end once the transaction commits.
+func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]store.FinishResult, []int64, error) {
 	if len(finishes) == 0 {
 		return nil, nil, nil
 	}
@@ -281,15 +382,9 @@ func (s *Store) finishTx(ctx context.Context, tx *sql.Tx, now time.Time, finishe
 	nowUS := micros(now)
 	at := now.UTC().Format(time.RFC3339Nano)
 	var completed [][2]int64
-	prepared := map[store.Outcome]*sql.Stmt{}
-	defer func() {
-		for _, st := range prepared {
-			st.Close()
-		}
-	}()
 	for i, f := range finishes {
 		results[i].ID = f.ID
-		c, ok := s.claims.get(f.ID)
+		c, ok := w.claims.get(f.ID)
 		if !ok || c.owner != f.Owner {
 			results[i].Fenced = true // not ours (any more): write nothing
 			continue
@@ -298,23 +393,32 @@ func (s *Store) finishTx(ctx context.Context, tx *sql.Tx, now time.Time, finishe
 		switch f.Outcome {
 		case store.OutcomeCompleted:
 			completed = append(completed, [2]int64{f.ID, c.startedUS})
-			lines.add(c.key)
+			if c.key != "" {
+				w.headFinished(c.key, c.dueUS, f.ID)
+			}
 		case store.OutcomeRelease:
 			// The attempt was never recorded: dropping the claim is all.
-		case store.OutcomeRetry, store.OutcomeDiscard:
-			st := prepared[f.Outcome]
-			if st == nil {
-				var err error
-				if st, err = tx.PrepareContext(ctx, failSQL[f.Outcome]); err != nil {
-					return nil, nil, err
-				}
-				prepared[f.Outcome] = st
-			}
-			if _, err := st.ExecContext(ctx, f.ID, c.startedUS, nowUS, micros(f.RetryAt), f.Error, at, f.BlockKey); err != nil {
+		case store.OutcomeRetry:
+			if err := w.exec(retrySQL, f.ID, c.startedUS, nowUS, micros(f.RetryAt), f.Error, at); err != nil {
 				return nil, nil, err
 			}
-			if f.Outcome == store.OutcomeDiscard && !f.BlockKey {
-				lines.add(c.key)
+			if c.key != "" {
+				if err := w.exec(lineRunAtSQL, c.key, micros(f.RetryAt)); err != nil {
+					return nil, nil, err
+				}
+			}
+		case store.OutcomeDiscard:
+			if err := w.exec(discardSQL, f.ID, c.startedUS, nowUS, 0, f.Error, at); err != nil {
+				return nil, nil, err
+			}
+			switch {
+			case c.key == "":
+			case f.BlockKey:
+				if err := w.exec(blockSQL, c.key); err != nil {
+					return nil, nil, err
+				}
+			default:
+				w.headFinished(c.key, c.dueUS, f.ID)
 			}
 		default:
 			return nil, nil, fmt.Errorf("job %d: unknown outcome %d", f.ID, f.Outcome)
@@ -325,21 +429,16 @@ func (s *Store) finishTx(ctx context.Context, tx *sql.Tx, now time.Time, finishe
 		if err != nil {
 			return nil, nil, err
 		}
-		if _, err := tx.ExecContext(ctx, completeSQL, string(b), nowUS); err != nil {
+		if err := w.exec(completeSQL, string(b), nowUS); err != nil {
 			return nil, nil, err
 		}
 	}
 	return results, done, nil
 }
 
-// claimTx reads ready heads not already running here. The claims are
-// recorded in memory by the caller once the transaction commits.
-func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.ClaimParams) ([]*store.Job, error) {
-	stmt, err := tx.PrepareContext(ctx, claimSQL)
-	if err != nil {
-		return nil, err
-	}
-	defer stmt.Close()
+// claimTx reads ready heads not already running here, oldest first. The
+// claims are recorded in memory by the caller once the transaction commits.
+func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job, error) {
 	var jobs []*store.Job
 	nowUS := micros(p.Now)
 	left := p.Max
@@ -348,31 +447,49 @@ func (s *Store) claimTx(ctx context.Context, tx *sql.Tx, p store.ClaimParams) ([
 		if n <= 0 {
 			continue
 		}
-		running, err := json.Marshal(s.claims.ofKind(l.Kind))
-		if err != nil {
-			return nil, err
-		}
-		before := len(jobs)
-		rows, err := stmt.QueryContext(ctx, l.Kind, nowUS, string(running), n)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			j, err := scanJob(rows, p.Now)
+		keys, ids := w.claims.running(l.Kind, finished)
+		var found []*store.Job
+		for _, q := range []struct {
+			sql     string
+			exclude any
+		}{{claimLinesSQL, keys}, {claimUnorderedSQL, ids}} {
+			ex, err := json.Marshal(q.exclude)
 			if err != nil {
-				rows.Close()
 				return nil, err
 			}
+			st, err := w.stmt(q.sql)
+			if err != nil {
+				return nil, err
+			}
+			rows, err := st.QueryContext(w.ctx, l.Kind, nowUS, string(ex), n)
+			if err != nil {
+				return nil, err
+			}
+			for rows.Next() {
+				j, err := scanJob(rows, p.Now)
+				if err != nil {
+					rows.Close()
+					return nil, err
+				}
+				found = append(found, j)
+			}
+			if err := rows.Close(); err != nil {
+				return nil, err
+			}
+		}
+		// Ordered and unordered heads compete by age.
+		slices.SortFunc(found, func(a, b *store.Job) int {
+			return cmp.Or(a.RunAt.Compare(b.RunAt), cmp.Compare(a.ID, b.ID))
+		})
+		found = found[:min(len(found), n)]
+		for _, j := range found {
 			j.State = store.StateRunning
 			j.Attempt++
 			j.StartedAt = fromMicros(nowUS)
 			j.LeaseOwner = p.Owner
-			jobs = append(jobs, j)
 		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		left -= len(jobs) - before
+		jobs = append(jobs, found...)
+		left -= len(found)
 	}
 	return jobs, nil
 }

@@ -42,28 +42,38 @@ func stateCode(s store.State) (int, bool) {
 	return 0, false
 }
 
-const jobColumns = `id, kind, key, payload, state, head, attempt, max_attempts, run_at, due_at,
-	idempotency_key, errors, created_at, started_at, finished_at`
+// jobColumnsJ lists a job's columns on alias j; every query that scans a
+// job adds a last column telling whether it is at the head of its line.
+const jobColumnsJ = `j.id, j.kind, j.key, j.payload, j.state, j.attempt, j.max_attempts, j.run_at, j.due_at,
+	j.idempotency_key, j.errors, j.created_at, j.started_at, j.finished_at`
+
+// selectJob reads jobs with their head flag: an unordered job is its own
+// head until finalized; an ordered one is the head if its line says so.
+const selectJob = `SELECT ` + jobColumnsJ + `,
+	CASE WHEN j.key = '' THEN j.state < 4
+	ELSE EXISTS (SELECT 1 FROM herald_lines l WHERE l.key = j.key AND l.head_id = j.id) END
+	FROM herald_jobs j`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanJob(row scanner, now time.Time) (*store.Job, error) {
 	var (
 		j                     store.Job
-		state, head           int
+		state                 int
+		head                  bool
 		runAt, dueAt, created int64
 		idem, errs            sql.NullString
 		started, finished     sql.NullInt64
 		payload               []byte
 	)
-	err := row.Scan(&j.ID, &j.Kind, &j.Key, &payload, &state, &head, &j.Attempt, &j.MaxAttempts,
-		&runAt, &dueAt, &idem, &errs, &created, &started, &finished)
+	err := row.Scan(&j.ID, &j.Kind, &j.Key, &payload, &state, &j.Attempt, &j.MaxAttempts,
+		&runAt, &dueAt, &idem, &errs, &created, &started, &finished, &head)
 	if err != nil {
 		return nil, err
 	}
 	j.Payload = payload
 	j.State = stateNames[state]
-	j.Head = head == 1
+	j.Head = head
 	j.RunAt = fromMicros(runAt)
 	j.DueAt = fromMicros(dueAt)
 	// A scheduled job whose time has come is available; no write is needed
@@ -99,7 +109,7 @@ func (s *Store) RenewLeases(_ context.Context, owner string, until time.Time) er
 
 // Rescue ends claims whose lease expired (their worker stalled past it):
 // the interrupted attempt counts and is recorded as an error, and the job
-// stays at the head of its line, ready to run again.
+// keeps its place at the head of its line, ready to run again now.
 func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 	s.exchangeMu.Lock()
 	defer s.exchangeMu.Unlock()
@@ -108,15 +118,18 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 		return 0, nil
 	}
 	at := p.Now.UTC().Format(time.RFC3339Nano)
+	nowUS := micros(p.Now)
 	ids := make([]int64, 0, len(expired))
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		for id, c := range expired {
-			_, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 3, run_at = ?2, attempt = attempt + 1, started_at = ?3,
-				errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?4, 'attempt', attempt + 1,
-					'message', 'interrupted: lease of ' || ?5 || ' expired (worker stalled)'))
-				WHERE id = ?1`, id, micros(p.Now), c.startedUS, at, c.owner)
-			if err != nil {
+			msg := "interrupted: lease of " + c.owner + " expired (worker stalled)"
+			if _, err := tx.ExecContext(ctx, retrySQL, id, c.startedUS, nowUS, nowUS, msg, at); err != nil {
 				return err
+			}
+			if c.key != "" {
+				if _, err := tx.ExecContext(ctx, lineRunAtSQL, c.key, nowUS); err != nil {
+					return err
+				}
 			}
 			ids = append(ids, id)
 		}
@@ -129,17 +142,34 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 	return len(ids), nil
 }
 
-// NextRunAt returns the earliest run_at among pending heads of kinds.
+// NextRunAt returns the earliest run_at among waiting heads of kinds,
+// ignoring the ones running here.
 func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error) {
+	keys, err := json.Marshal(s.claims.runningKeys())
+	if err != nil {
+		return time.Time{}, err
+	}
 	var next int64
 	for _, k := range kinds {
-		var v sql.NullInt64
-		err := s.reader.QueryRowContext(ctx, nextRunSQL, k).Scan(&v)
+		_, ids := s.claims.running(k, nil)
+		idsJSON, err := json.Marshal(ids)
 		if err != nil {
-			return time.Time{}, fmt.Errorf("sqlite: next run: %w", err)
+			return time.Time{}, err
 		}
-		if v.Valid && (next == 0 || v.Int64 < next) {
-			next = v.Int64
+		for _, q := range []struct {
+			sql, exclude string
+		}{{nextLineRunSQL, string(keys)}, {nextUnorderedRunSQL, string(idsJSON)}} {
+			var v int64
+			err := s.reader.QueryRowContext(ctx, q.sql, k, q.exclude).Scan(&v)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return time.Time{}, fmt.Errorf("sqlite: next run: %w", err)
+			}
+			if next == 0 || v < next {
+				next = v
+			}
 		}
 	}
 	if next == 0 {
@@ -150,7 +180,15 @@ func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error
 
 // Get returns one job.
 func (s *Store) Get(ctx context.Context, id int64) (*store.Job, error) {
-	j, err := scanJob(s.reader.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), time.Now())
+	return s.get(ctx, s.reader, id, time.Now())
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func (s *Store) get(ctx context.Context, q queryer, id int64, now time.Time) (*store.Job, error) {
+	j, err := scanJob(q.QueryRowContext(ctx, selectJob+` WHERE j.id = ?`, id), now)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("job %d: %w", id, store.ErrNotFound)
 	}
@@ -167,15 +205,15 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 		now = time.Now()
 	}
 	var (
-		where = []string{"id > ?"}
+		where = []string{"j.id > ?"}
 		args  = []any{p.AfterID}
 	)
 	if p.Kind != "" {
-		where = append(where, "kind = ?")
+		where = append(where, "j.kind = ?")
 		args = append(args, p.Kind)
 	}
 	if p.Key != "" {
-		where = append(where, "key = ?")
+		where = append(where, "j.key = ?")
 		args = append(args, p.Key)
 	}
 	if p.State != "" {
@@ -186,21 +224,20 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 		switch code {
 		case stRunning:
 			// Running lives in memory: list exactly the claimed ids.
-			ids := s.claims.ids()
-			b, err := json.Marshal(ids)
+			b, err := json.Marshal(s.claims.ids())
 			if err != nil {
 				return nil, err
 			}
-			where = append(where, "id IN (SELECT value FROM json_each(?))")
+			where = append(where, "j.id IN (SELECT value FROM json_each(?))")
 			args = append(args, string(b))
 		case stScheduled:
-			where = append(where, "state = 0 AND run_at > ?")
+			where = append(where, "j.state = 0 AND j.run_at > ?")
 			args = append(args, micros(now))
 		case stAvailable:
-			where = append(where, "(state = 1 OR (state = 0 AND run_at <= ?))")
+			where = append(where, "(j.state = 1 OR (j.state = 0 AND j.run_at <= ?))")
 			args = append(args, micros(now))
 		default:
-			where = append(where, "state = ?")
+			where = append(where, "j.state = ?")
 			args = append(args, code)
 		}
 	}
@@ -211,8 +248,7 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 	// Running jobs are stored as pending: read enough extra rows to drop
 	// them from a pending-state page and still fill it.
 	args = append(args, limit+s.claims.len())
-	rows, err := s.reader.QueryContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE `+
-		strings.Join(where, " AND ")+` ORDER BY id LIMIT ?`, args...)
+	rows, err := s.reader.QueryContext(ctx, selectJob+` WHERE `+strings.Join(where, " AND ")+` ORDER BY j.id LIMIT ?`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: list: %w", err)
 	}
@@ -232,102 +268,130 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 	return jobs, rows.Err()
 }
 
-// Line describes key's line: how many jobs wait and which is at the front.
+// Line describes key's line: how many jobs wait (the head included) and
+// which job is at the front.
 func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
 	line := &store.KeyLine{Key: key}
-	if err := s.reader.QueryRowContext(ctx, `SELECT count(*) FROM herald_jobs WHERE key = ? AND state < 4`, key).Scan(&line.Pending); err != nil {
+	if key == "" {
+		return line, nil
+	}
+	var headID int64
+	err := s.reader.QueryRowContext(ctx, `SELECT head_id FROM herald_lines WHERE key = ?`, key).Scan(&headID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return line, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("sqlite: line: %w", err)
 	}
-	j, err := scanJob(s.reader.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE key = ? AND key <> '' AND head = 1`, key), time.Now())
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
+	if line.Head, err = s.get(ctx, s.reader, headID, time.Now()); err != nil {
 		return nil, fmt.Errorf("sqlite: line: %w", err)
-	default:
-		line.Head = s.claims.overlay(j)
-		if j.State == store.StateDiscarded {
-			line.Pending++ // the blocking dead letter is part of the line
-		}
+	}
+	// Count from the head on: everything before it is finished.
+	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FROM herald_jobs
+		WHERE key = ? AND (due_at, id) >= (?, ?) AND (state < 4 OR id = ?)`,
+		key, micros(line.Head.DueAt), headID, headID).Scan(&line.Pending)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: line: %w", err)
 	}
 	return line, nil
 }
 
-// Retry makes a job run again now with a fresh set of attempts. A waiting
-// job moves to now in its line; a blocking dead letter keeps its place at
-// the head; any other finalized job rejoins its key's line at the back.
+// Retry makes a job run again now with a fresh set of attempts. The head
+// of a line (a waiting head or a blocking dead letter) keeps its place; any
+// other job (re)joins its key's line as if enqueued now.
 func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
+	s.exchangeMu.Lock()
+	defer s.exchangeMu.Unlock()
+	nowUS := micros(now)
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), now)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("job %d: %w", id, store.ErrNotFound)
-		}
+		j, err := s.get(ctx, tx, id, now)
 		if err != nil {
 			return err
 		}
-		j = s.claims.overlay(j)
 		if j.State == store.StateRunning || j.State == store.StateCompleted {
 			return fmt.Errorf("retry job %d (%s): %w", id, j.State, store.ErrWrongState)
 		}
-		nowUS := micros(now)
-		dueUS := min(micros(j.DueAt), nowUS)
-		if j.State.Finalized() && !j.Head {
-			dueUS = nowUS
+		if j.Key == "" || j.Head {
+			if _, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?, attempt = 0, finished_at = NULL
+				WHERE id = ?`, nowUS, id); err != nil {
+				return err
+			}
+			if j.Key != "" {
+				_, err = tx.ExecContext(ctx, `UPDATE herald_lines SET run_at = ?, blocked = 0 WHERE key = ?`, nowUS, j.Key)
+			}
+			return err
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?1, due_at = ?2, attempt = 0,
-			finished_at = NULL WHERE id = ?3`, nowUS, dueUS, id)
+		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
+		defer w.close()
+		dueUS, err := rejoinDue(ctx, tx, j.Key, id, nowUS)
 		if err != nil {
 			return err
 		}
-		lines := &lineSet{}
-		lines.arrive(j.Key, dueUS)
-		return lines.settle(ctx, tx)
+		if _, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 1, run_at = ?1, due_at = ?2, attempt = 0,
+			finished_at = NULL WHERE id = ?3`, nowUS, dueUS, id); err != nil {
+			return err
+		}
+		w.arrive(j.Key, id, dueUS, nowUS, j.Kind)
+		return w.flush()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	return s.getWriter(ctx, id, now)
+	return s.get(ctx, s.writer, id, now)
+}
+
+// rejoinDue is the line position for a job (re)joining key's line now: now,
+// but never ahead of the current head, which may already be running.
+func rejoinDue(ctx context.Context, tx *sql.Tx, key string, id, nowUS int64) (int64, error) {
+	var headID, headDue int64
+	err := tx.QueryRowContext(ctx, `SELECT j.id, j.due_at FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
+		WHERE l.key = ?`, key).Scan(&headID, &headDue)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nowUS, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if nowUS < headDue || (nowUS == headDue && id < headID) {
+		return headDue + 1, nil
+	}
+	return nowUS, nil
 }
 
 // Cancel finalizes a job that has not started (or a blocking dead letter)
 // and lets its key's line advance.
 func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
+	s.exchangeMu.Lock()
+	defer s.exchangeMu.Unlock()
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), now)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("job %d: %w", id, store.ErrNotFound)
-		}
+		j, err := s.get(ctx, tx, id, now)
 		if err != nil {
 			return err
 		}
-		j = s.claims.overlay(j)
 		blocking := j.State == store.StateDiscarded && j.Head
 		if j.State == store.StateRunning || (j.State.Finalized() && !blocking) {
 			return fmt.Errorf("cancel job %d (%s): %w", id, j.State, store.ErrWrongState)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 6, head = 0, finished_at = ? WHERE id = ?`, micros(now), id); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 6, finished_at = ? WHERE id = ?`, micros(now), id); err != nil {
 			return err
 		}
-		lines := &lineSet{}
-		lines.add(j.Key)
-		return lines.settle(ctx, tx)
+		if j.Key == "" || !j.Head {
+			return nil
+		}
+		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
+		defer w.close()
+		w.headFinished(j.Key, micros(j.DueAt), id)
+		return w.flush()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	return s.getWriter(ctx, id, now)
-}
-
-// getWriter reads through the writer so a caller sees its own write.
-func (s *Store) getWriter(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
-	j, err := scanJob(s.writer.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM herald_jobs WHERE id = ?`, id), now)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
-	}
-	return s.claims.overlay(j), nil
+	return s.get(ctx, s.writer, id, now)
 }
 
 // Prune deletes finalized jobs past retention and frees expired
-// idempotency keys, at most Limit rows of each per call.
+// idempotency keys, at most Limit rows of each per call. A dead letter that
+// blocks its key is kept.
 func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 	limit := p.Limit
 	if limit <= 0 {
@@ -342,12 +406,16 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 			{`DELETE FROM herald_jobs WHERE id IN (SELECT id FROM herald_jobs
 				WHERE state >= 4 AND finished_at < ?1 AND state IN (4, 6) LIMIT ?2)`, p.CompletedBefore},
 			{`DELETE FROM herald_jobs WHERE id IN (SELECT id FROM herald_jobs
-				WHERE state >= 4 AND finished_at < ?1 AND state = 5 AND head = 0 LIMIT ?2)`, p.DiscardedBefore},
+				WHERE state >= 4 AND finished_at < ?1 AND state = 5
+					AND id NOT IN (SELECT head_id FROM herald_lines WHERE blocked = 1) LIMIT ?2)`, p.DiscardedBefore},
 		} {
 			if q.at.IsZero() {
 				continue
 			}
-			res, err := tx.ExecContext(ctx, q.sql, micros(q.at), limit)
+			if total >= int64(limit) {
+				break
+			}
+			res, err := tx.ExecContext(ctx, q.sql, micros(q.at), int64(limit)-total)
 			if err != nil {
 				return err
 			}
@@ -368,7 +436,7 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 	return int(total), nil
 }
 
-// Stats counts jobs by kind and state. It scans the table: call it
+// Stats counts jobs by kind and state. It scans the jobs table: call it
 // periodically, not per request on a hot path.
 func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) {
 	st := &store.Stats{ByKindState: map[string]map[store.State]int64{}}
@@ -395,16 +463,48 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: stats: %w", err)
 	}
-	var oldest sql.NullInt64
-	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE state IN (0, 1, 3) AND run_at <= ?1), min(due_at)
-		FROM herald_jobs WHERE head = 1 AND state < 4`, nowUS).Scan(&st.ReadyKeys, &oldest)
+	// Pending means waiting, so running jobs do not count: behind a running
+	// head, the next job in its line is the one waiting.
+	heads, err := json.Marshal(s.claims.runningHeads())
+	if err != nil {
+		return nil, err
+	}
+	keys, err := json.Marshal(s.claims.runningKeys())
+	if err != nil {
+		return nil, err
+	}
+	ids, err := json.Marshal(s.claims.ids())
+	if err != nil {
+		return nil, err
+	}
+	var ready, readyUnordered int64
+	var oldest [3]sql.NullInt64
+	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE l.run_at <= ?1), min(j.due_at)
+		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
+		WHERE l.blocked = 0 AND l.key NOT IN (SELECT value FROM json_each(?2))`, nowUS, string(keys)).Scan(&ready, &oldest[0])
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: stats: %w", err)
 	}
-	if oldest.Valid {
-		st.OldestPendingDueAt = fromMicros(oldest.Int64)
+	err = s.reader.QueryRowContext(ctx, `SELECT min((SELECT j.due_at FROM herald_jobs j
+			WHERE j.key = a.key AND j.key <> '' AND (j.due_at, j.id) > (a.due, a.id) AND j.state < 4
+			ORDER BY j.due_at, j.id LIMIT 1))
+		FROM (SELECT value ->> 0 AS key, value ->> 1 AS due, value ->> 2 AS id FROM json_each(?1)) AS a`,
+		string(heads)).Scan(&oldest[1])
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: stats: %w", err)
+	}
+	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE run_at <= ?1), min(due_at)
+		FROM herald_jobs WHERE key = '' AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))`,
+		nowUS, string(ids)).Scan(&readyUnordered, &oldest[2])
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: stats: %w", err)
+	}
+	st.ReadyKeys = ready + readyUnordered
+	for _, o := range oldest {
+		if o.Valid && (st.OldestPendingDueAt.IsZero() || o.Int64 < micros(st.OldestPendingDueAt)) {
+			st.OldestPendingDueAt = fromMicros(o.Int64)
+		}
 	}
 	s.claims.countRunning(st)
-	st.ReadyKeys = max(st.ReadyKeys-int64(s.claims.len()), 0)
 	return st, nil
 }

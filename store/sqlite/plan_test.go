@@ -15,11 +15,18 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		sql  string
 		args []any
 	}{
-		"demote":   {demoteSQL, []any{`[["k", 5]]`}},
-		"promote":  {promoteSQL, []any{`["k"]`}},
-		"complete": {completeSQL, []any{`[[1, 2]]`, 5}},
-		"claim":    {claimSQL, []any{"kind", 5, `[1, 2]`, 10}},
-		"nextRun":  {nextRunSQL, []any{"kind"}},
+		"complete":      {completeSQL, []any{`[[1, 2]]`, 5}},
+		"nextInLine":    {nextInLineSQL, []any{"k", 5, 1}},
+		"dropLine":      {dropLineSQL, []any{"k"}},
+		"lineHead":      {lineHeadSQL, []any{"k"}},
+		"moveHead":      {moveHeadSQL, []any{"k", 1, "kind", 5}},
+		"claimLines":    {claimLinesSQL, []any{"kind", 5, `["a"]`, 10}},
+		"claimUnord":    {claimUnorderedSQL, []any{"kind", 5, `[1]`, 10}},
+		"nextLine":      {nextLineRunSQL, []any{"kind", `["a"]`}},
+		"nextUnordered": {nextUnorderedRunSQL, []any{"kind", `[1]`}},
+		"retry":         {retrySQL, []any{1, 2, 3, 4, "m", "t"}},
+		"lineRunAt":     {lineRunAtSQL, []any{"k", 5}},
+		"getJob":        {selectJob + ` WHERE j.id = ?`, []any{1}},
 	} {
 		rows, err := s.writer.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q.sql, q.args...)
 		if err != nil {

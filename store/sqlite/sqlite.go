@@ -43,6 +43,23 @@ type Store struct {
 
 	exchangeMu sync.Mutex
 	claims     claimTable
+
+	stmts map[string]*sql.Stmt // hot statements, prepared once on the writer
+}
+
+// prepareHot prepares the hot-path statements once on the writer:
+// re-preparing them in every transaction cost more than running them. It
+// runs in Open, before any transaction holds the writer's one connection.
+func (s *Store) prepareHot(ctx context.Context) error {
+	s.stmts = map[string]*sql.Stmt{}
+	for _, q := range hotStatements {
+		st, err := s.writer.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("sqlite: prepare: %w", err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
 }
 
 var _ store.Driver = (*Store)(nil)
@@ -93,6 +110,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	if err := s.prepareHot(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.reader, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_pragma=query_only(1)")
 	if err != nil {
 		s.Close()
@@ -106,6 +127,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 // Close releases the database and its lock.
 func (s *Store) Close() error {
 	var errs []error
+	for _, st := range s.stmts {
+		errs = append(errs, st.Close())
+	}
 	if s.reader != nil {
 		errs = append(errs, s.reader.Close())
 	}

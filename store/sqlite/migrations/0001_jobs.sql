@@ -1,16 +1,20 @@
--- Jobs and their per-key lines. Times are Unix microseconds.
--- state: 0 scheduled, 1 available, 3 retryable, 4 completed, 5 discarded, 6 cancelled.
--- Running is not stored: one process owns the file and tracks its claims in
--- memory, so a running job keeps its pending state and finished-attempt count.
--- head = 1 marks the front of a key's line; only heads are claimed. Unordered
--- jobs (key '') are always heads. A discarded job that blocks its key stays head.
+-- herald's SQLite schema. Times are Unix microseconds.
+--
+-- Jobs are written once and then mostly updated in place. The per-key line
+-- lives in herald_lines: one row per ordered key with work left, pointing at
+-- its head. Finishing a head advances the pointer along herald_jobs_line, so
+-- the hot path touches one job row and one line row and no job index.
+--
+-- state: 0 scheduled, 1 available, 3 retryable, 4 completed, 5 discarded,
+-- 6 cancelled. Running is not stored: one process owns the file and keeps
+-- its claims in memory, so a running job keeps its pending state and its
+-- count of finished attempts.
 CREATE TABLE herald_jobs (
     id              INTEGER PRIMARY KEY,
     kind            TEXT    NOT NULL,
     key             TEXT    NOT NULL DEFAULT '',
     payload         BLOB    NOT NULL,
     state           INTEGER NOT NULL,
-    head            INTEGER NOT NULL DEFAULT 0,
     attempt         INTEGER NOT NULL DEFAULT 0,
     max_attempts    INTEGER NOT NULL,
     run_at          INTEGER NOT NULL,
@@ -22,11 +26,22 @@ CREATE TABLE herald_jobs (
     finished_at     INTEGER
 );
 
--- At most one head per ordered key: the invariant per-key FIFO rests on.
-CREATE UNIQUE INDEX herald_jobs_head ON herald_jobs (key) WHERE head = 1 AND key <> '';
--- A key's unfinished jobs in line order: used to pick the next head.
-CREATE INDEX herald_jobs_line ON herald_jobs (key, due_at, id) WHERE state < 4;
--- Claimable heads per kind, oldest first.
-CREATE INDEX herald_jobs_ready ON herald_jobs (kind, run_at, id) WHERE head = 1 AND state IN (0, 1, 3);
+-- Every ordered job in line order (due_at, id), finished ones included until
+-- pruned. It names only columns that never change on the hot path.
+CREATE INDEX herald_jobs_line ON herald_jobs (key, due_at, id) WHERE key <> '';
+-- Unordered jobs waiting to run, oldest first.
+CREATE INDEX herald_jobs_unordered ON herald_jobs (kind, run_at, id) WHERE key = '' AND state IN (0, 1, 3);
 CREATE UNIQUE INDEX herald_jobs_idempotency ON herald_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- Finalized jobs by age, for retention.
 CREATE INDEX herald_jobs_finished ON herald_jobs (finished_at) WHERE state >= 4;
+
+-- The front of each ordered key's line. kind and run_at are the head's;
+-- blocked means the head is a dead letter holding the key for an operator.
+CREATE TABLE herald_lines (
+    key     TEXT    NOT NULL PRIMARY KEY,
+    head_id INTEGER, -- NULL only inside a transaction, before an empty line is dropped
+    kind    TEXT,
+    run_at  INTEGER,
+    blocked INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX herald_lines_ready ON herald_lines (kind, run_at) WHERE blocked = 0;
