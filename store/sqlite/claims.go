@@ -18,6 +18,7 @@ import (
 
 type claim struct {
 	key, kind, owner string
+	kh               int64 // line id, 0 for unordered
 	untilUS          int64
 	startedUS        int64
 	dueUS            int64       // the job's place in its line
@@ -55,7 +56,7 @@ func (t *claimTable) add(jobs []*store.Job, owner string, until time.Time) {
 	defer t.mu.Unlock()
 	for _, j := range jobs {
 		t.byID[j.ID] = &claim{
-			key: j.Key, kind: j.Kind, owner: owner, untilUS: micros(until),
+			key: j.Key, kh: lineID(j.Key), kind: j.Kind, owner: owner, untilUS: micros(until),
 			startedUS: micros(j.StartedAt), dueUS: micros(j.DueAt), attempt: j.Attempt, was: wasState(j),
 		}
 		ids := t.byKind[j.Kind]
@@ -89,37 +90,37 @@ func (t *claimTable) release(ids []int64) {
 	}
 }
 
-// running returns the keys (ordered jobs) and ids (unordered jobs) of kind
+// running returns the lines (ordered jobs) and ids (unordered jobs) of kind
 // that run here now, except the finished ids (whose outcomes the current
 // transaction writes). Neither is nil: they become JSON arrays.
-func (t *claimTable) running(kind string, finished []int64) (keys []string, ids []int64) {
+func (t *claimTable) running(kind string, finished []int64) (lines, ids []int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	keys, ids = []string{}, []int64{}
+	lines, ids = []int64{}, []int64{}
 	for id := range t.byKind[kind] {
 		if slices.Contains(finished, id) {
 			continue
 		}
-		if c := t.byID[id]; c.key != "" {
-			keys = append(keys, c.key)
+		if c := t.byID[id]; c.kh != 0 {
+			lines = append(lines, c.kh)
 		} else {
 			ids = append(ids, id)
 		}
 	}
-	return keys, ids
+	return lines, ids
 }
 
-// runningKeys returns every key with a running job, for any kind.
-func (t *claimTable) runningKeys() []string {
+// runningLines returns every line with a running job, for any kind.
+func (t *claimTable) runningLines() []int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	keys := []string{}
+	lines := []int64{}
 	for _, c := range t.byID {
-		if c.key != "" {
-			keys = append(keys, c.key)
+		if c.kh != 0 {
+			lines = append(lines, c.kh)
 		}
 	}
-	return keys
+	return lines
 }
 
 func (t *claimTable) renew(owner string, until time.Time) {
@@ -194,14 +195,14 @@ func (t *claimTable) ids() []int64 {
 	return ids
 }
 
-// runningHeads returns [key, due, id] of every running ordered job.
-func (t *claimTable) runningHeads() [][3]any {
+// runningHeads returns [line, due, id] of every running ordered job.
+func (t *claimTable) runningHeads() [][3]int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	heads := [][3]any{}
+	heads := [][3]int64{}
 	for id, c := range t.byID {
-		if c.key != "" {
-			heads = append(heads, [3]any{c.key, c.dueUS, id})
+		if c.kh != 0 {
+			heads = append(heads, [3]int64{c.kh, c.dueUS, id})
 		}
 	}
 	return heads

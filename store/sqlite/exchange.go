@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"time"
 
@@ -18,8 +19,8 @@ import (
 // plan_test.go checks that none of them scans a table.
 const (
 	insertSQL = `INSERT INTO herald_jobs
-		(kind, key, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		(kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 	// completeSQL takes [[id, started_at], ...].
 	completeSQL = `UPDATE herald_jobs SET state = 4, attempt = attempt + 1,
@@ -29,34 +30,48 @@ const (
 	// nextInLineSQL finds the job after (due, id) in key's line: the new
 	// head once the old one finished. Bound integers keep it one index seek.
 	nextInLineSQL = `SELECT id, kind, run_at FROM herald_jobs
-		WHERE key = ?1 AND key <> '' AND (due_at, id) > (?2, ?3) AND state < 4
+		WHERE kh = ?1 AND kh <> 0 AND (due_at, id) > (?2, ?3) AND state < 4
 		ORDER BY due_at, id LIMIT 1`
-	dropLineSQL = `DELETE FROM herald_lines WHERE key = ?1`
+	dropLineSQL = `DELETE FROM herald_lines WHERE kh = ?1`
 
 	// lineHeadSQL reads a key's head for placing newcomers.
 	lineHeadSQL = `SELECT l.head_id, l.blocked, j.state, j.due_at, j.attempt
-		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id WHERE l.key = ?`
-	newLineSQL  = `INSERT INTO herald_lines (key, head_id, kind, run_at) VALUES (?, ?, ?, ?)`
-	moveHeadSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 0 WHERE key = ?1`
+		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id WHERE l.kh = ?`
+	newLineSQL  = `INSERT INTO herald_lines (kh, key, head_id, kind, run_at) VALUES (?, ?, ?, ?, ?)`
+	moveHeadSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 0 WHERE kh = ?1`
 
 	// claimLinesSQL reads ready heads of one kind, skipping keys this
 	// process already runs (?3, a JSON array); claims live in memory.
 	claimLinesSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
 		WHERE l.kind = ?1 AND l.blocked = 0 AND l.run_at <= ?2
-			AND l.key NOT IN (SELECT value FROM json_each(?3))
-		ORDER BY l.run_at LIMIT ?4`
+			AND l.kh NOT IN (SELECT value FROM json_each(?3))
+		ORDER BY l.run_at, l.head_id LIMIT ?4`
 	claimUnorderedSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
-		WHERE j.key = '' AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
+		WHERE j.kh = 0 AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
 			AND j.id NOT IN (SELECT value FROM json_each(?3))
 		ORDER BY j.run_at, j.id LIMIT ?4`
 
 	nextLineRunSQL = `SELECT run_at FROM herald_lines
-		WHERE kind = ?1 AND blocked = 0 AND key NOT IN (SELECT value FROM json_each(?2))
+		WHERE kind = ?1 AND blocked = 0 AND kh NOT IN (SELECT value FROM json_each(?2))
 		ORDER BY run_at LIMIT 1`
 	nextUnorderedRunSQL = `SELECT run_at FROM herald_jobs
-		WHERE key = '' AND kind = ?1 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))
+		WHERE kh = 0 AND kind = ?1 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))
 		ORDER BY run_at, id LIMIT 1`
 )
+
+// lineID maps a key to its line: FNV-1a, stable across processes and
+// versions. 0 is reserved for unordered jobs.
+func lineID(key string) int64 {
+	if key == "" {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	if v := int64(h.Sum64()); v != 0 { //nolint:gosec // the bits are the id; sign does not matter
+		return v
+	}
+	return 1
+}
 
 // hotStatements are prepared once at Open.
 var hotStatements = []string{insertSQL, completeSQL, nextInLineSQL, dropLineSQL, lineHeadSQL,
@@ -71,8 +86,8 @@ const (
 	discardSQL = `UPDATE herald_jobs SET state = 5, finished_at = ?3, attempt = attempt + 1, started_at = ?2,
 		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt + 1, 'message', ?5))
 		WHERE id = ?1`
-	lineRunAtSQL = `UPDATE herald_lines SET run_at = ?2 WHERE key = ?1`
-	blockSQL     = `UPDATE herald_lines SET blocked = 1 WHERE key = ?1`
+	lineRunAtSQL = `UPDATE herald_lines SET run_at = ?2 WHERE kh = ?1`
+	blockSQL     = `UPDATE herald_lines SET blocked = 1 WHERE kh = ?1`
 )
 
 // Exchange runs a cycle's inserts, finishes and claim in one transaction.
@@ -157,18 +172,15 @@ type lineWriter struct {
 	stmts  map[string]*sql.Stmt // transaction-bound views of the store's prepared statements
 
 	advance  []finishedHead
-	arrivals map[string]*arrival // earliest newcomer per key
-	newHeads map[int64]bool      // arrivals that became their key's head
+	arrivals map[int64]*arrival // earliest newcomer per line
+	newHeads map[int64]bool     // arrivals that became their key's head
 }
 
-type finishedHead struct {
-	key       string
-	dueUS, id int64
-}
+type finishedHead struct{ kh, dueUS, id int64 }
 
 type arrival struct {
 	id, dueUS, runUS int64
-	kind             string
+	kind, key        string
 }
 
 func (w *lineWriter) stmt(q string) (*sql.Stmt, error) {
@@ -209,17 +221,18 @@ func (w *lineWriter) close() {
 // arrive notes that job id of key now stands in line at (due, id).
 func (w *lineWriter) arrive(key string, id, dueUS, runUS int64, kind string) {
 	if w.arrivals == nil {
-		w.arrivals = map[string]*arrival{}
+		w.arrivals = map[int64]*arrival{}
 	}
-	a := w.arrivals[key]
+	kh := lineID(key)
+	a := w.arrivals[kh]
 	if a == nil || dueUS < a.dueUS || (dueUS == a.dueUS && id < a.id) {
-		w.arrivals[key] = &arrival{id: id, dueUS: dueUS, runUS: runUS, kind: kind}
+		w.arrivals[kh] = &arrival{id: id, dueUS: dueUS, runUS: runUS, kind: kind, key: key}
 	}
 }
 
-// headFinished notes that the head of key, at (due, id), is finished.
-func (w *lineWriter) headFinished(key string, dueUS, id int64) {
-	w.advance = append(w.advance, finishedHead{key: key, dueUS: dueUS, id: id})
+// headFinished notes that the head of line kh, at (due, id), is finished.
+func (w *lineWriter) headFinished(kh, dueUS, id int64) {
+	w.advance = append(w.advance, finishedHead{kh: kh, dueUS: dueUS, id: id})
 }
 
 // flush advances finished lines, then places arrivals: a key without a
@@ -236,12 +249,12 @@ func (w *lineWriter) flush() error {
 				id, runUS int64
 				kind      string
 			)
-			err := next.QueryRowContext(w.ctx, h.key, h.dueUS, h.id).Scan(&id, &kind, &runUS)
+			err := next.QueryRowContext(w.ctx, h.kh, h.dueUS, h.id).Scan(&id, &kind, &runUS)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
-				err = w.exec(dropLineSQL, h.key)
+				err = w.exec(dropLineSQL, h.kh)
 			case err == nil:
-				err = w.exec(moveHeadSQL, h.key, id, kind, runUS)
+				err = w.exec(moveHeadSQL, h.kh, id, kind, runUS)
 			}
 			if err != nil {
 				return err
@@ -256,15 +269,15 @@ func (w *lineWriter) flush() error {
 	if err != nil {
 		return err
 	}
-	for key, a := range w.arrivals {
+	for kh, a := range w.arrivals {
 		var (
 			headID, headDue    int64
 			blocked, state, at int
 		)
-		err := find.QueryRowContext(w.ctx, key).Scan(&headID, &blocked, &state, &headDue, &at)
+		err := find.QueryRowContext(w.ctx, kh).Scan(&headID, &blocked, &state, &headDue, &at)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			if err := w.exec(newLineSQL, key, a.id, a.kind, a.runUS); err != nil {
+			if err := w.exec(newLineSQL, kh, a.key, a.id, a.kind, a.runUS); err != nil {
 				return err
 			}
 			w.headed(a.id)
@@ -274,7 +287,7 @@ func (w *lineWriter) flush() error {
 			_, running := w.claims.get(headID)
 			movable := blocked == 0 && state == stScheduled && at == 0 && !running
 			if movable && (a.dueUS < headDue || (a.dueUS == headDue && a.id < headID)) {
-				if err := w.exec(moveHeadSQL, key, a.id, a.kind, a.runUS); err != nil {
+				if err := w.exec(moveHeadSQL, kh, a.id, a.kind, a.runUS); err != nil {
 					return err
 				}
 				w.headed(a.id)
@@ -324,7 +337,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		if in.IdempotencyKey != "" {
 			idem = in.IdempotencyKey
 		}
-		r, err := ins.ExecContext(w.ctx, in.Kind, in.Key, []byte(in.Payload), state,
+		r, err := ins.ExecContext(w.ctx, in.Kind, in.Key, lineID(in.Key), []byte(in.Payload), state,
 			in.MaxAttempts, dueUS, dueUS, idem, nowUS)
 		if err != nil {
 			return nil, err
@@ -393,8 +406,8 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 		switch f.Outcome {
 		case store.OutcomeCompleted:
 			completed = append(completed, [2]int64{f.ID, c.startedUS})
-			if c.key != "" {
-				w.headFinished(c.key, c.dueUS, f.ID)
+			if c.kh != 0 {
+				w.headFinished(c.kh, c.dueUS, f.ID)
 			}
 		case store.OutcomeRelease:
 			// The attempt was never recorded: dropping the claim is all.
@@ -402,8 +415,8 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 			if err := w.exec(retrySQL, f.ID, c.startedUS, nowUS, micros(f.RetryAt), f.Error, at); err != nil {
 				return nil, nil, err
 			}
-			if c.key != "" {
-				if err := w.exec(lineRunAtSQL, c.key, micros(f.RetryAt)); err != nil {
+			if c.kh != 0 {
+				if err := w.exec(lineRunAtSQL, c.kh, micros(f.RetryAt)); err != nil {
 					return nil, nil, err
 				}
 			}
@@ -412,13 +425,13 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 				return nil, nil, err
 			}
 			switch {
-			case c.key == "":
+			case c.kh == 0:
 			case f.BlockKey:
-				if err := w.exec(blockSQL, c.key); err != nil {
+				if err := w.exec(blockSQL, c.kh); err != nil {
 					return nil, nil, err
 				}
 			default:
-				w.headFinished(c.key, c.dueUS, f.ID)
+				w.headFinished(c.kh, c.dueUS, f.ID)
 			}
 		default:
 			return nil, nil, fmt.Errorf("job %d: unknown outcome %d", f.ID, f.Outcome)

@@ -50,8 +50,8 @@ const jobColumnsJ = `j.id, j.kind, j.key, j.payload, j.state, j.attempt, j.max_a
 // selectJob reads jobs with their head flag: an unordered job is its own
 // head until finalized; an ordered one is the head if its line says so.
 const selectJob = `SELECT ` + jobColumnsJ + `,
-	CASE WHEN j.key = '' THEN j.state < 4
-	ELSE EXISTS (SELECT 1 FROM herald_lines l WHERE l.key = j.key AND l.head_id = j.id) END
+	CASE WHEN j.kh = 0 THEN j.state < 4
+	ELSE EXISTS (SELECT 1 FROM herald_lines l WHERE l.kh = j.kh AND l.head_id = j.id) END
 	FROM herald_jobs j`
 
 type scanner interface{ Scan(dest ...any) error }
@@ -126,8 +126,8 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 			if _, err := tx.ExecContext(ctx, retrySQL, id, c.startedUS, nowUS, nowUS, msg, at); err != nil {
 				return err
 			}
-			if c.key != "" {
-				if _, err := tx.ExecContext(ctx, lineRunAtSQL, c.key, nowUS); err != nil {
+			if c.kh != 0 {
+				if _, err := tx.ExecContext(ctx, lineRunAtSQL, c.kh, nowUS); err != nil {
 					return err
 				}
 			}
@@ -145,7 +145,7 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 // NextRunAt returns the earliest run_at among waiting heads of kinds,
 // ignoring the ones running here.
 func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error) {
-	keys, err := json.Marshal(s.claims.runningKeys())
+	lines, err := json.Marshal(s.claims.runningLines())
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -158,7 +158,7 @@ func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error
 		}
 		for _, q := range []struct {
 			sql, exclude string
-		}{{nextLineRunSQL, string(keys)}, {nextUnorderedRunSQL, string(idsJSON)}} {
+		}{{nextLineRunSQL, string(lines)}, {nextUnorderedRunSQL, string(idsJSON)}} {
 			var v int64
 			err := s.reader.QueryRowContext(ctx, q.sql, k, q.exclude).Scan(&v)
 			if errors.Is(err, sql.ErrNoRows) {
@@ -213,8 +213,8 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 		args = append(args, p.Kind)
 	}
 	if p.Key != "" {
-		where = append(where, "j.key = ?")
-		args = append(args, p.Key)
+		where = append(where, "j.kh = ? AND j.key = ?")
+		args = append(args, lineID(p.Key), p.Key)
 	}
 	if p.State != "" {
 		code, ok := stateCode(p.State)
@@ -276,7 +276,7 @@ func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
 		return line, nil
 	}
 	var headID int64
-	err := s.reader.QueryRowContext(ctx, `SELECT head_id FROM herald_lines WHERE key = ?`, key).Scan(&headID)
+	err := s.reader.QueryRowContext(ctx, `SELECT head_id FROM herald_lines WHERE kh = ?`, lineID(key)).Scan(&headID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return line, nil
 	}
@@ -288,8 +288,8 @@ func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
 	}
 	// Count from the head on: everything before it is finished.
 	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FROM herald_jobs
-		WHERE key = ? AND (due_at, id) >= (?, ?) AND (state < 4 OR id = ?)`,
-		key, micros(line.Head.DueAt), headID, headID).Scan(&line.Pending)
+		WHERE kh = ? AND kh <> 0 AND (due_at, id) >= (?, ?) AND (state < 4 OR id = ?)`,
+		lineID(key), micros(line.Head.DueAt), headID, headID).Scan(&line.Pending)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: line: %w", err)
 	}
@@ -317,7 +317,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 				return err
 			}
 			if j.Key != "" {
-				_, err = tx.ExecContext(ctx, `UPDATE herald_lines SET run_at = ?, blocked = 0 WHERE key = ?`, nowUS, j.Key)
+				_, err = tx.ExecContext(ctx, `UPDATE herald_lines SET run_at = ?, blocked = 0 WHERE kh = ?`, nowUS, lineID(j.Key))
 			}
 			return err
 		}
@@ -345,7 +345,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 func rejoinDue(ctx context.Context, tx *sql.Tx, key string, id, nowUS int64) (int64, error) {
 	var headID, headDue int64
 	err := tx.QueryRowContext(ctx, `SELECT j.id, j.due_at FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
-		WHERE l.key = ?`, key).Scan(&headID, &headDue)
+		WHERE l.kh = ?`, lineID(key)).Scan(&headID, &headDue)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nowUS, nil
 	}
@@ -380,7 +380,7 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job
 		}
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
 		defer w.close()
-		w.headFinished(j.Key, micros(j.DueAt), id)
+		w.headFinished(lineID(j.Key), micros(j.DueAt), id)
 		return w.flush()
 	})
 	if err != nil {
@@ -469,7 +469,7 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	if err != nil {
 		return nil, err
 	}
-	keys, err := json.Marshal(s.claims.runningKeys())
+	lines, err := json.Marshal(s.claims.runningLines())
 	if err != nil {
 		return nil, err
 	}
@@ -481,20 +481,20 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	var oldest [3]sql.NullInt64
 	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE l.run_at <= ?1), min(j.due_at)
 		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
-		WHERE l.blocked = 0 AND l.key NOT IN (SELECT value FROM json_each(?2))`, nowUS, string(keys)).Scan(&ready, &oldest[0])
+		WHERE l.blocked = 0 AND l.kh NOT IN (SELECT value FROM json_each(?2))`, nowUS, string(lines)).Scan(&ready, &oldest[0])
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: stats: %w", err)
 	}
 	err = s.reader.QueryRowContext(ctx, `SELECT min((SELECT j.due_at FROM herald_jobs j
-			WHERE j.key = a.key AND j.key <> '' AND (j.due_at, j.id) > (a.due, a.id) AND j.state < 4
+			WHERE j.kh = a.kh AND j.kh <> 0 AND (j.due_at, j.id) > (a.due, a.id) AND j.state < 4
 			ORDER BY j.due_at, j.id LIMIT 1))
-		FROM (SELECT value ->> 0 AS key, value ->> 1 AS due, value ->> 2 AS id FROM json_each(?1)) AS a`,
+		FROM (SELECT value ->> 0 AS kh, value ->> 1 AS due, value ->> 2 AS id FROM json_each(?1)) AS a`,
 		string(heads)).Scan(&oldest[1])
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: stats: %w", err)
 	}
 	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE run_at <= ?1), min(due_at)
-		FROM herald_jobs WHERE key = '' AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))`,
+		FROM herald_jobs WHERE kh = 0 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))`,
 		nowUS, string(ids)).Scan(&readyUnordered, &oldest[2])
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: stats: %w", err)

@@ -16,16 +16,16 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		args []any
 	}{
 		"complete":      {completeSQL, []any{`[[1, 2]]`, 5}},
-		"nextInLine":    {nextInLineSQL, []any{"k", 5, 1}},
-		"dropLine":      {dropLineSQL, []any{"k"}},
-		"lineHead":      {lineHeadSQL, []any{"k"}},
-		"moveHead":      {moveHeadSQL, []any{"k", 1, "kind", 5}},
-		"claimLines":    {claimLinesSQL, []any{"kind", 5, `["a"]`, 10}},
+		"nextInLine":    {nextInLineSQL, []any{7, 5, 1}},
+		"dropLine":      {dropLineSQL, []any{7}},
+		"lineHead":      {lineHeadSQL, []any{7}},
+		"moveHead":      {moveHeadSQL, []any{7, 1, "kind", 5}},
+		"claimLines":    {claimLinesSQL, []any{"kind", 5, `[7]`, 10}},
 		"claimUnord":    {claimUnorderedSQL, []any{"kind", 5, `[1]`, 10}},
-		"nextLine":      {nextLineRunSQL, []any{"kind", `["a"]`}},
+		"nextLine":      {nextLineRunSQL, []any{"kind", `[7]`}},
 		"nextUnordered": {nextUnorderedRunSQL, []any{"kind", `[1]`}},
 		"retry":         {retrySQL, []any{1, 2, 3, 4, "m", "t"}},
-		"lineRunAt":     {lineRunAtSQL, []any{"k", 5}},
+		"lineRunAt":     {lineRunAtSQL, []any{7, 5}},
 		"getJob":        {selectJob + ` WHERE j.id = ?`, []any{1}},
 	} {
 		rows, err := s.writer.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q.sql, q.args...)
