@@ -30,7 +30,7 @@ const (
 	// nextInLineSQL finds the job after (due, id) in key's line: the new
 	// head once the old one finished. Bound integers keep it one index seek.
 	nextInLineSQL = `SELECT id, kind, run_at FROM herald_jobs
-		WHERE kh = ?1 AND kh <> 0 AND (due_at, id) > (?2, ?3) AND state < 4
+		WHERE kh = ?1 AND (due_at, id) > (?2, ?3) AND state < 4
 		ORDER BY due_at, id LIMIT 1`
 	dropLineSQL = `DELETE FROM herald_lines WHERE kh = ?1`
 
@@ -47,7 +47,7 @@ const (
 			AND l.kh NOT IN (SELECT value FROM json_each(?3))
 		ORDER BY l.run_at, l.head_id LIMIT ?4`
 	claimUnorderedSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
-		WHERE j.kh = 0 AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
+		WHERE j.key = '' AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
 			AND j.id NOT IN (SELECT value FROM json_each(?3))
 		ORDER BY j.run_at, j.id LIMIT ?4`
 
@@ -55,7 +55,7 @@ const (
 		WHERE kind = ?1 AND blocked = 0 AND kh NOT IN (SELECT value FROM json_each(?2))
 		ORDER BY run_at LIMIT 1`
 	nextUnorderedRunSQL = `SELECT run_at FROM herald_jobs
-		WHERE kh = 0 AND kind = ?1 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))
+		WHERE key = '' AND kind = ?1 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))
 		ORDER BY run_at, id LIMIT 1`
 )
 

@@ -494,7 +494,7 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 		return nil, fmt.Errorf("sqlite: stats: %w", err)
 	}
 	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE run_at <= ?1), min(due_at)
-		FROM herald_jobs WHERE kh = 0 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))`,
+		FROM herald_jobs WHERE key = '' AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))`,
 		nowUS, string(ids)).Scan(&readyUnordered, &oldest[2])
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: stats: %w", err)

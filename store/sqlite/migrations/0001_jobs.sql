@@ -34,7 +34,9 @@ CREATE TABLE herald_jobs (
 -- pruned. It names only columns that never change on the hot path.
 CREATE INDEX herald_jobs_line ON herald_jobs (kh, due_at, id);
 -- Unordered jobs waiting to run, oldest first.
-CREATE INDEX herald_jobs_unordered ON herald_jobs (kind, run_at, id) WHERE kh = 0 AND state IN (0, 1, 3);
+-- (Its predicate names key, not kh: a partial index on kh = 0 makes SQLite
+-- re-prepare every statement that binds kh, once per call.)
+CREATE INDEX herald_jobs_unordered ON herald_jobs (kind, run_at, id) WHERE key = '' AND state IN (0, 1, 3);
 CREATE UNIQUE INDEX herald_jobs_idempotency ON herald_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 -- Finalized jobs by age, for retention.
 CREATE INDEX herald_jobs_finished ON herald_jobs (finished_at) WHERE state >= 4;
