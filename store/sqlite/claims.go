@@ -22,6 +22,7 @@ type claim struct {
 	untilUS          int64
 	startedUS        int64
 	dueUS            int64       // the job's place in its line
+	runUS            int64       // when it became runnable, to rewrite its line on release
 	attempt          int         // the running attempt's number
 	was              store.State // state before the claim, for Stats
 }
@@ -30,11 +31,21 @@ type claimTable struct {
 	mu     sync.Mutex
 	byID   map[int64]*claim
 	byKind map[string]map[int64]struct{}
+	byLine map[int64]int64 // line id -> the job running on it
 }
 
 func (t *claimTable) init() {
 	t.byID = map[int64]*claim{}
 	t.byKind = map[string]map[int64]struct{}{}
+	t.byLine = map[int64]int64{}
+}
+
+// runningOn returns the job running on line kh, if any.
+func (t *claimTable) runningOn(kh int64) (int64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	id, ok := t.byLine[kh]
+	return id, ok
 }
 
 func (t *claimTable) get(id int64) (claim, bool) {
@@ -57,7 +68,10 @@ func (t *claimTable) add(jobs []*store.Job, owner string, until time.Time) {
 	for _, j := range jobs {
 		t.byID[j.ID] = &claim{
 			key: j.Key, kh: lineID(j.Key), kind: j.Kind, owner: owner, untilUS: micros(until),
-			startedUS: micros(j.StartedAt), dueUS: micros(j.DueAt), attempt: j.Attempt, was: wasState(j),
+			startedUS: micros(j.StartedAt), dueUS: micros(j.DueAt), runUS: micros(j.RunAt), attempt: j.Attempt, was: wasState(j),
+		}
+		if kh := lineID(j.Key); kh != 0 {
+			t.byLine[kh] = j.ID
 		}
 		ids := t.byKind[j.Kind]
 		if ids == nil {
@@ -86,6 +100,9 @@ func (t *claimTable) release(ids []int64) {
 		if c, ok := t.byID[id]; ok {
 			delete(t.byKind[c.kind], id)
 			delete(t.byID, id)
+			if t.byLine[c.kh] == id {
+				delete(t.byLine, c.kh)
+			}
 		}
 	}
 }
@@ -147,15 +164,22 @@ func (t *claimTable) expired(us int64) map[int64]claim {
 	return out
 }
 
-// overlay shows a job this process runs as running.
+// overlay shows a job this process runs as running, and corrects the head
+// flag of a finished job that a line row still names after a hand-off.
 func (t *claimTable) overlay(j *store.Job) *store.Job {
 	if j == nil {
 		return nil
 	}
 	c, ok := t.get(j.ID)
 	if !ok {
+		if j.Head && j.Key != "" {
+			if running, ok := t.runningOn(lineID(j.Key)); ok && running != j.ID {
+				j.Head = false
+			}
+		}
 		return j
 	}
+	j.Head = true
 	j.State = store.StateRunning
 	j.Attempt = c.attempt
 	j.StartedAt = fromMicros(c.startedUS)

@@ -29,9 +29,9 @@ const (
 
 	// nextInLineSQL finds the job after (due, id) in key's line: the new
 	// head once the old one finished. Bound integers keep it one index seek.
-	nextInLineSQL = `SELECT id, kind, run_at FROM herald_jobs
-		WHERE kh = ?1 AND (due_at, id) > (?2, ?3) AND state < 4
-		ORDER BY due_at, id LIMIT 1`
+	nextInLineSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
+		WHERE j.kh = ?1 AND (j.due_at, j.id) > (?2, ?3) AND j.state < 4
+		ORDER BY j.due_at, j.id LIMIT 1`
 	dropLineSQL = `DELETE FROM herald_lines WHERE kh = ?1`
 
 	// lineHeadSQL reads a key's head for placing newcomers.
@@ -75,7 +75,7 @@ func lineID(key string) int64 {
 
 // hotStatements are prepared once at Open.
 var hotStatements = []string{insertSQL, completeSQL, nextInLineSQL, dropLineSQL, lineHeadSQL,
-	newLineSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL}
+	newLineSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL}
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
 // at, ?5 message, ?6 time as text.
@@ -86,8 +86,7 @@ const (
 	discardSQL = `UPDATE herald_jobs SET state = 5, finished_at = ?3, attempt = attempt + 1, started_at = ?2,
 		errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('at', ?6, 'attempt', attempt + 1, 'message', ?5))
 		WHERE id = ?1`
-	lineRunAtSQL = `UPDATE herald_lines SET run_at = ?2 WHERE kh = ?1`
-	blockSQL     = `UPDATE herald_lines SET blocked = 1 WHERE kh = ?1`
+	blockSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 1 WHERE kh = ?1`
 )
 
 // Exchange runs a cycle's inserts, finishes and claim in one transaction.
@@ -107,6 +106,7 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		res = &store.ExchangeResult{}
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
 		defer w.close()
+		w.handOffUpTo(p.Now, p.Claim)
 		var err error
 		if res.Inserted, err = w.insert(p); err != nil {
 			return fmt.Errorf("insert: %w", err)
@@ -174,6 +174,18 @@ type lineWriter struct {
 	advance  []finishedHead
 	arrivals map[int64]*arrival // earliest newcomer per line
 	newHeads map[int64]bool     // arrivals that became their key's head
+
+	// Hand-off: when a head finishes and the next job in its line may run
+	// now, it is claimed on the spot: no line write, no ready-index round
+	// trip. The line row keeps pointing at the finished job while the new
+	// one runs (see claims.go); whatever ends that run rewrites it.
+	now     time.Time
+	offer   *store.ClaimParams
+	left    map[string]int   // claim slots left per kind
+	total   int              // claim slots left overall
+	waiting map[string]int64 // per kind: run_at of the oldest waiting head (0: none); fairness bound
+	handed  []*store.Job
+	handKh  []int64
 }
 
 type finishedHead struct{ kh, dueUS, id int64 }
@@ -245,16 +257,16 @@ func (w *lineWriter) flush() error {
 			return err
 		}
 		for _, h := range w.advance {
-			var (
-				id, runUS int64
-				kind      string
-			)
-			err := next.QueryRowContext(w.ctx, h.kh, h.dueUS, h.id).Scan(&id, &kind, &runUS)
+			j, err := scanJob(next.QueryRowContext(w.ctx, h.kh, h.dueUS, h.id), w.now)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
 				err = w.exec(dropLineSQL, h.kh)
-			case err == nil:
-				err = w.exec(moveHeadSQL, h.kh, id, kind, runUS)
+			case err != nil:
+			default:
+				var handed bool
+				if handed, err = w.handOff(h.kh, j); err == nil && !handed {
+					err = w.exec(moveHeadSQL, h.kh, j.ID, j.Kind, micros(j.RunAt))
+				}
 			}
 			if err != nil {
 				return err
@@ -296,6 +308,74 @@ func (w *lineWriter) flush() error {
 	}
 	clear(w.arrivals)
 	return nil
+}
+
+// handOffUpTo enables hand-offs within the cycle's claim, if it has one.
+func (w *lineWriter) handOffUpTo(now time.Time, c *store.ClaimParams) {
+	w.now = now
+	if c == nil {
+		return
+	}
+	w.offer = c
+	w.total = c.Max
+	w.left = make(map[string]int, len(c.Limits))
+	for _, l := range c.Limits {
+		w.left[l.Kind] = l.Max
+	}
+}
+
+// handOff claims j, the next job of line kh, if it may run now, a slot of
+// its kind is free, and no other line's head of that kind has waited
+// longer (so a busy key cannot starve the others).
+func (w *lineWriter) handOff(kh int64, j *store.Job) (bool, error) {
+	if w.offer == nil || w.total <= 0 || w.left[j.Kind] <= 0 || j.RunAt.After(w.now) {
+		return false, nil
+	}
+	oldest, err := w.oldestWaiting(j.Kind)
+	if err != nil {
+		return false, err
+	}
+	if oldest != 0 && oldest < micros(j.RunAt) {
+		return false, nil
+	}
+	w.left[j.Kind]--
+	w.total--
+	markClaimed(j, w.now, w.offer.Owner)
+	w.handed = append(w.handed, j)
+	w.handKh = append(w.handKh, kh)
+	return true, nil
+}
+
+// oldestWaiting is the run_at of the oldest head of kind that waits (not
+// running here), read once per transaction and kind, before lines move.
+func (w *lineWriter) oldestWaiting(kind string) (int64, error) {
+	if v, ok := w.waiting[kind]; ok {
+		return v, nil
+	}
+	lines, err := json.Marshal(w.claims.runningLines())
+	if err != nil {
+		return 0, err
+	}
+	st, err := w.stmt(nextLineRunSQL)
+	if err != nil {
+		return 0, err
+	}
+	var v int64
+	if err := st.QueryRowContext(w.ctx, kind, string(lines)).Scan(&v); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return 0, err
+	}
+	if w.waiting == nil {
+		w.waiting = map[string]int64{}
+	}
+	w.waiting[kind] = v
+	return v, nil
+}
+
+func markClaimed(j *store.Job, now time.Time, owner string) {
+	j.State = store.StateRunning
+	j.Attempt++
+	j.StartedAt = fromMicros(micros(now))
+	j.LeaseOwner = owner
 }
 
 func (w *lineWriter) headed(id int64) {
@@ -410,13 +490,20 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 				w.headFinished(c.kh, c.dueUS, f.ID)
 			}
 		case store.OutcomeRelease:
-			// The attempt was never recorded: dropping the claim is all.
+			// The attempt was never recorded, so only the line needs
+			// writing: it may still point at a job finished before a
+			// hand-off.
+			if c.kh != 0 {
+				if err := w.exec(moveHeadSQL, c.kh, f.ID, c.kind, c.runUS); err != nil {
+					return nil, nil, err
+				}
+			}
 		case store.OutcomeRetry:
 			if err := w.exec(retrySQL, f.ID, c.startedUS, nowUS, micros(f.RetryAt), f.Error, at); err != nil {
 				return nil, nil, err
 			}
 			if c.kh != 0 {
-				if err := w.exec(lineRunAtSQL, c.kh, micros(f.RetryAt)); err != nil {
+				if err := w.exec(moveHeadSQL, c.kh, f.ID, c.kind, micros(f.RetryAt)); err != nil {
 					return nil, nil, err
 				}
 			}
@@ -427,7 +514,7 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 			switch {
 			case c.kh == 0:
 			case f.BlockKey:
-				if err := w.exec(blockSQL, c.kh); err != nil {
+				if err := w.exec(blockSQL, c.kh, f.ID, c.kind, c.runUS); err != nil {
 					return nil, nil, err
 				}
 			default:
@@ -452,15 +539,16 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 // claimTx reads ready heads not already running here, oldest first. The
 // claims are recorded in memory by the caller once the transaction commits.
 func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job, error) {
-	var jobs []*store.Job
+	jobs := w.handed
 	nowUS := micros(p.Now)
-	left := p.Max
+	left := w.total
 	for _, l := range p.Limits {
-		n := min(l.Max, left)
+		n := min(w.left[l.Kind], left)
 		if n <= 0 {
 			continue
 		}
 		keys, ids := w.claims.running(l.Kind, finished)
+		keys = append(keys, w.handKh...)
 		var found []*store.Job
 		for _, q := range []struct {
 			sql     string
@@ -496,10 +584,7 @@ func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job,
 		})
 		found = found[:min(len(found), n)]
 		for _, j := range found {
-			j.State = store.StateRunning
-			j.Attempt++
-			j.StartedAt = fromMicros(nowUS)
-			j.LeaseOwner = p.Owner
+			markClaimed(j, p.Now, p.Owner)
 		}
 		jobs = append(jobs, found...)
 		left -= len(found)

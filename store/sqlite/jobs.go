@@ -127,7 +127,7 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 				return err
 			}
 			if c.kh != 0 {
-				if _, err := tx.ExecContext(ctx, lineRunAtSQL, c.kh, nowUS); err != nil {
+				if _, err := tx.ExecContext(ctx, moveHeadSQL, c.kh, id, c.kind, nowUS); err != nil {
 					return err
 				}
 			}
@@ -283,6 +283,9 @@ func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: line: %w", err)
 	}
+	if id, ok := s.claims.runningOn(lineID(key)); ok {
+		headID = id // the line row may still name the job before a hand-off
+	}
 	if line.Head, err = s.get(ctx, s.reader, headID, time.Now()); err != nil {
 		return nil, fmt.Errorf("sqlite: line: %w", err)
 	}
@@ -403,11 +406,14 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 			sql string
 			at  time.Time
 		}{
+			// A line row may point at a finished job (a blocking dead
+			// letter, or the job before a hand-off): keep those.
 			{`DELETE FROM herald_jobs WHERE id IN (SELECT id FROM herald_jobs
-				WHERE state >= 4 AND finished_at < ?1 AND state IN (4, 6) LIMIT ?2)`, p.CompletedBefore},
+				WHERE state >= 4 AND finished_at < ?1 AND state IN (4, 6)
+					AND id NOT IN (SELECT head_id FROM herald_lines) LIMIT ?2)`, p.CompletedBefore},
 			{`DELETE FROM herald_jobs WHERE id IN (SELECT id FROM herald_jobs
 				WHERE state >= 4 AND finished_at < ?1 AND state = 5
-					AND id NOT IN (SELECT head_id FROM herald_lines WHERE blocked = 1) LIMIT ?2)`, p.DiscardedBefore},
+					AND id NOT IN (SELECT head_id FROM herald_lines) LIMIT ?2)`, p.DiscardedBefore},
 		} {
 			if q.at.IsZero() {
 				continue

@@ -25,7 +25,6 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		"nextLine":      {nextLineRunSQL, []any{"kind", `[7]`}},
 		"nextUnordered": {nextUnorderedRunSQL, []any{"kind", `[1]`}},
 		"retry":         {retrySQL, []any{1, 2, 3, 4, "m", "t"}},
-		"lineRunAt":     {lineRunAtSQL, []any{7, 5}},
 		"getJob":        {selectJob + ` WHERE j.id = ?`, []any{1}},
 	} {
 		rows, err := s.writer.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q.sql, q.args...)

@@ -47,6 +47,43 @@ type Store struct {
 	stmts map[string]*sql.Stmt // hot statements, prepared once on the writer
 }
 
+// repairLines advances line rows left pointing at finished jobs: the
+// previous process handed their next jobs off in memory and stopped before
+// it rewrote the rows. Each moves to the first unfinished job after it.
+func (s *Store) repairLines(ctx context.Context) error {
+	rows, err := s.writer.QueryContext(ctx, `SELECT l.kh, j.due_at, j.id
+		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
+		WHERE l.blocked = 0 AND j.state >= 4`)
+	if err != nil {
+		return fmt.Errorf("sqlite: repair lines: %w", err)
+	}
+	var stale []finishedHead
+	for rows.Next() {
+		var h finishedHead
+		if err := rows.Scan(&h.kh, &h.dueUS, &h.id); err != nil {
+			rows.Close()
+			return fmt.Errorf("sqlite: repair lines: %w", err)
+		}
+		stale = append(stale, h)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("sqlite: repair lines: %w", err)
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims, now: time.Now()}
+		defer w.close()
+		w.advance = stale
+		return w.flush()
+	})
+	if err != nil {
+		return fmt.Errorf("sqlite: repair lines: %w", err)
+	}
+	return nil
+}
+
 // prepareHot prepares the hot-path statements once on the writer:
 // re-preparing them in every transaction cost more than running them. It
 // runs in Open, before any transaction holds the writer's one connection.
@@ -111,6 +148,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if err := s.prepareHot(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.repairLines(ctx); err != nil {
 		s.Close()
 		return nil, err
 	}
