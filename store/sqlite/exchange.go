@@ -282,6 +282,9 @@ func (w *lineWriter) flush() error {
 		return err
 	}
 	for kh, a := range w.arrivals {
+		if _, running := w.claims.runningOn(kh); running {
+			continue // a running head keeps its place: nothing to look up
+		}
 		var (
 			headID, headDue    int64
 			blocked, state, at int
