@@ -153,7 +153,7 @@ type EnqueueParams struct {
 	// Empty means unordered.
 	Key string
 	// Payload is the job's data: json.RawMessage or []byte holding JSON are
-	// stored as is; anything else is marshalled to JSON. Nil stores null.
+	// stored as is; anything else is marshaled to JSON. Nil stores null.
 	Payload any
 	// RunAt schedules the job; zero means now.
 	RunAt time.Time
@@ -179,8 +179,7 @@ type InsertResult struct {
 func (c *Client) Enqueue(ctx context.Context, p EnqueueParams) (*InsertResult, error) {
 	res, err := c.EnqueueMany(ctx, []EnqueueParams{p})
 	if err != nil {
-		var fe *FieldError
-		if errors.As(err, &fe) {
+		if fe, ok := errors.AsType[*FieldError](err); ok {
 			fe.Field = trimIndex(fe.Field)
 		}
 		return nil, err
@@ -203,8 +202,7 @@ func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]InsertR
 	for i, p := range ps {
 		ip, err := c.validate(eng, p, now)
 		if err != nil {
-			var fe *FieldError
-			if errors.As(err, &fe) {
+			if fe, ok := errors.AsType[*FieldError](err); ok {
 				fe.Field = fmt.Sprintf("jobs[%d].%s", i, fe.Field)
 			}
 			return nil, err

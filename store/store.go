@@ -140,13 +140,13 @@ type KindLimit struct {
 type Outcome int
 
 const (
-	// OutcomeCompleted: success. The job is finalized and its key advances.
+	// OutcomeCompleted is success: the job is finalized and its key advances.
 	OutcomeCompleted Outcome = iota + 1
-	// OutcomeRetry: failed; retry at RetryAt. The job stays its key's head.
+	// OutcomeRetry is a failure to retry at RetryAt; the job stays its key's head.
 	OutcomeRetry
-	// OutcomeDiscard: failed for good. The key advances unless BlockKey.
+	// OutcomeDiscard is a failure for good; the key advances unless BlockKey.
 	OutcomeDiscard
-	// OutcomeRelease: not attempted to the end (shutdown); back to pending
+	// OutcomeRelease means not attempted to the end (shutdown): back to pending
 	// without consuming the attempt.
 	OutcomeRelease
 )

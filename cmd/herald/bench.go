@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime/pprof"
@@ -38,10 +39,12 @@ output is one JSON object with the scenario's results.`,
 			return err
 		}
 		if err := pprof.StartCPUProfile(f); err != nil {
-			f.Close()
-			return err
+			return errors.Join(err, f.Close())
 		}
-		cmd.PersistentPostRun = func(*cobra.Command, []string) { pprof.StopCPUProfile(); f.Close() }
+		cmd.PersistentPostRunE = func(*cobra.Command, []string) error {
+			pprof.StopCPUProfile()
+			return f.Close()
+		}
 		return nil
 	}
 

@@ -38,9 +38,7 @@ type Options struct {
 
 // OpenStore opens the driver a --store flag names. It is a variable so the
 // PostgreSQL driver can plug in without this package importing it.
-var OpenStore = func(ctx context.Context, spec string) (store.Driver, func(), error) {
-	return openSQLite(ctx, spec)
-}
+var OpenStore = openSQLite
 
 // client opens the store and a client with kind "bench" running h.
 func (o Options) client(ctx context.Context, workers int, h herald.HandlerFunc) (*herald.Client, func(), error) {
@@ -76,19 +74,14 @@ func (o Options) printf(format string, args ...any) {
 	}
 }
 
-// payload is what bench jobs carry: enough for the checker.
-type payload struct {
-	Seq int64 `json:"seq"`
-}
-
 func seqOf(j *herald.Job) int64 {
 	// Hand-parsed: json.Unmarshal per job would dominate a no-op benchmark.
 	s := string(j.Payload)
-	i := strings.IndexByte(s, ':')
-	if i < 0 {
+	_, after, ok := strings.Cut(s, ":")
+	if !ok {
 		return -1
 	}
-	n, err := strconv.ParseInt(strings.TrimRight(s[i+1:], "} "), 10, 64)
+	n, err := strconv.ParseInt(strings.TrimRight(after, "} "), 10, 64)
 	if err != nil {
 		return -1
 	}
@@ -103,9 +96,7 @@ func enqueueAll(ctx context.Context, c *herald.Client, rec *history.Recorder, n,
 	var wg sync.WaitGroup
 	errs := make(chan error, producers)
 	for p := range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			seqs := map[int]int64{}
 			var buf []herald.EnqueueParams
 			flush := func() error {
@@ -145,7 +136,7 @@ func enqueueAll(ctx context.Context, c *herald.Client, rec *history.Recorder, n,
 			if err := flush(); err != nil {
 				errs <- err
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -204,17 +195,20 @@ func openSQLite(ctx context.Context, spec string) (store.Driver, func(), error) 
 		}
 		path = filepath.Join(dir, "herald.db")
 	}
+	removeDir := func() error {
+		if dir == "" {
+			return nil
+		}
+		return os.RemoveAll(dir)
+	}
 	drv, err := openSQLiteFile(ctx, path)
 	if err != nil {
-		if dir != "" {
-			os.RemoveAll(dir)
-		}
-		return nil, nil, err
+		return nil, nil, errors.Join(err, removeDir())
 	}
 	return drv, func() {
-		drv.Close()
-		if dir != "" {
-			os.RemoveAll(dir)
+		// A benchmark's result stands even if cleanup fails; say so.
+		if err := errors.Join(drv.Close(), removeDir()); err != nil {
+			fmt.Fprintln(os.Stderr, "herald bench: cleanup:", err)
 		}
 	}, nil
 }

@@ -254,7 +254,7 @@ func peakRSSMiB() float64 {
 	if err != nil {
 		return -1
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // read-only file
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {

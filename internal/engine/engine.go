@@ -278,18 +278,18 @@ func (e *Engine) signal() {
 
 // backoff returns the delay before attempt+1: exponential from base, capped,
 // with ±25% jitter so retries of many jobs spread out.
-func backoff(attempt int, base, cap time.Duration) time.Duration {
+func backoff(attempt int, base, ceiling time.Duration) time.Duration {
 	if base <= 0 {
 		base = time.Second
 	}
-	if cap <= 0 {
-		cap = time.Hour
+	if ceiling <= 0 {
+		ceiling = time.Hour
 	}
 	d := base
-	for i := 1; i < attempt && d < cap; i++ {
+	for i := 1; i < attempt && d < ceiling; i++ {
 		d *= 2
 	}
-	d = min(d, cap)
+	d = min(d, ceiling)
 	jitter := time.Duration(rand.Int64N(int64(d)/2 + 1))
 	return d - d/4 + jitter
 }

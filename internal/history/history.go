@@ -512,17 +512,18 @@ func newAckIndex(acks []Ack) *ackIndex {
 		lo, hi = min(lo, a.ID), max(hi, a.ID)
 	}
 	// Unsigned so that a huge range does not overflow into a small one.
-	if span := uint64(hi) - uint64(lo); len(acks) < math.MaxInt32 && span < 4*uint64(len(acks))+1024 {
+	span := uint64(hi) - uint64(lo) //nolint:gosec // the two's-complement difference is the point
+	if len(acks) < math.MaxInt32 && span < 4*uint64(len(acks))+1024 {
 		x.min = lo
 		x.dense = make([]int32, span+1)
-		for i := len(acks) - 1; i >= 0; i-- { // backwards: first ack wins
-			x.dense[acks[i].ID-lo] = int32(i + 1)
+		for i, ack := range slices.Backward(acks) { // backwards: first ack wins
+			x.dense[ack.ID-lo] = int32(i + 1) //nolint:gosec // len(acks) < MaxInt32 checked above
 		}
 		return x
 	}
 	x.m = make(map[int64]int, len(acks))
-	for i := len(acks) - 1; i >= 0; i-- {
-		x.m[acks[i].ID] = i
+	for i, ack := range slices.Backward(acks) {
+		x.m[ack.ID] = i
 	}
 	return x
 }
@@ -532,7 +533,7 @@ func (x *ackIndex) get(id int64) (int, bool) {
 		i, ok := x.m[id]
 		return i, ok
 	}
-	if d := uint64(id) - uint64(x.min); d < uint64(len(x.dense)) {
+	if d := uint64(id) - uint64(x.min); d < uint64(len(x.dense)) { //nolint:gosec // wraps for ids below min, then fails the bound
 		if i := x.dense[d]; i > 0 {
 			return int(i - 1), true
 		}

@@ -460,9 +460,7 @@ func TestRecorderConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	var readers sync.WaitGroup
-	readers.Add(1)
-	go func() {
-		defer readers.Done()
+	readers.Go(func() {
 		for {
 			select {
 			case <-stop:
@@ -472,11 +470,9 @@ func TestRecorderConcurrent(t *testing.T) {
 				_ = r.Acks()
 			}
 		}
-	}()
+	})
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for k := range keysPerWorker {
 				key := fmt.Sprintf("w%d-k%d", w, k)
 				for s := range jobsPerKey {
@@ -497,7 +493,7 @@ func TestRecorderConcurrent(t *testing.T) {
 					done(history.Failed) // ignored: only the first call counts
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(stop)
@@ -564,7 +560,7 @@ func TestRecorderStartAddMarkCrashed(t *testing.T) {
 	}
 }
 
-// TestCheckLargeLinear guards against quadratic behaviour: one hot key with
+// TestCheckLargeLinear guards against quadratic behavior: one hot key with
 // many attempts and many keys with few must both stay fast.
 func TestCheckLargeLinear(t *testing.T) {
 	t.Parallel()

@@ -19,7 +19,11 @@ func BenchmarkOneKeyLine(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	defer func() {
+		if err := s.Close(); err != nil {
+			b.Error(err)
+		}
+	}()
 	now := time.Now()
 	jobs := make([]store.InsertParams, b.N)
 	for i := range jobs {

@@ -577,7 +577,7 @@ func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job,
 				}
 				found = append(found, j)
 			}
-			if err := rows.Close(); err != nil {
+			if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 				return nil, err
 			}
 		}

@@ -59,7 +59,11 @@ func TestHandOffSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	again, err := s.Claim(ctx, *claim)
 	if err != nil || len(again) != 1 || again[0].ID != ins[1].Job.ID {
 		t.Fatalf("after restart claimed %v, %v; want job %d again", again, err, ins[1].Job.ID)

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -40,7 +41,9 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 			}
 			plan = append(plan, detail)
 		}
-		rows.Close()
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
 		if len(plan) == 0 {
 			t.Fatalf("%s: empty plan", name)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +19,7 @@ func exerciseInsertMany(t *testing.T, setup func(t *testing.T) *bundle) {
 		first := b.insert(base, params(kindEmail, "a"), params(kindEmail, "b"), params(kindWebhook, ""),
 			params(kindEmail, "a"), params(kindWebhook, "c"))
 		second := b.insert(at(time.Second), params(kindEmail, "a"), params(kindEmail, ""), params(kindWebhook, "d"))
-		all := append(first, second...)
+		all := slices.Concat(first, second)
 		for i := 1; i < len(all); i++ {
 			if all[i].ID <= all[i-1].ID {
 				t.Fatalf("ids not increasing: %v", ids(all))

@@ -86,7 +86,10 @@ type bundle struct {
 }
 
 // with is b for a subtest t of b's test.
-func (b *bundle) with(t *testing.T) *bundle { return &bundle{t: t, d: b.d} }
+func (b *bundle) with(t *testing.T) *bundle {
+	t.Helper()
+	return &bundle{t: t, d: b.d}
+}
 
 // params is an ordinary job of kind on key, due now.
 func params(kind, key string) store.InsertParams {
@@ -186,9 +189,9 @@ func (b *bundle) finish(now time.Time, fs ...store.FinishParams) []store.FinishR
 	if len(res) != len(fs) {
 		b.t.Fatalf("FinishMany returned %d results for %d finishes", len(res), len(fs))
 	}
-	for i, r := range res {
-		if r.ID != fs[i].ID {
-			b.t.Fatalf("FinishMany result %d is for job %d, want %d", i, r.ID, fs[i].ID)
+	for i, f := range fs {
+		if res[i].ID != f.ID {
+			b.t.Fatalf("FinishMany result %d is for job %d, want %d", i, res[i].ID, f.ID)
 		}
 	}
 	return res
