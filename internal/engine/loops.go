@@ -5,13 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"time"
 
 	"github.com/heraldmq/herald/store"
 )
-
-var debugCycles = os.Getenv("HERALD_DEBUG_CYCLES") != ""
 
 type insertRequest struct {
 	jobs []store.InsertParams
@@ -162,12 +160,13 @@ func (e *Engine) run() {
 		}
 		cycleStart := time.Now()
 		res, err := e.exchange(now, inserts, finishes, claim)
-		if debugCycles {
-			n := 0
+		if e.log.Enabled(context.Background(), slog.LevelDebug) {
+			claimed := 0
 			if res != nil {
-				n = len(res.Claimed)
+				claimed = len(res.Claimed)
 			}
-			fmt.Fprintf(os.Stderr, "cycle %v ins=%d fin=%d claimed=%d max=%v\n", time.Since(cycleStart), len(inserts), len(finishes), n, claim != nil)
+			e.log.Debug("store cycle", "took", time.Since(cycleStart), "inserts", rows,
+				"outcomes", len(finishes), "claimed", claimed, "claim", claim != nil)
 		}
 		if err != nil {
 			failures++
