@@ -88,7 +88,19 @@ func seqOf(j *herald.Job) int64 {
 	return n
 }
 
-// enqueueAll enqueues keysOf(i) for i in [0,n) in batches from several
+// randomKey spreads job i over keys pseudo-randomly but deterministically
+// (splitmix64), so every producer agrees on job i's key without a table of
+// n keys in memory.
+func randomKey(keys int) func(i int) int {
+	return func(i int) int {
+		z := uint64(i) + 0x9e3779b97f4a7c15 //nolint:gosec // i >= 0
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+		z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+		return int((z ^ (z >> 31)) % uint64(keys)) //nolint:gosec // keys > 0, result < keys
+	}
+}
+
+// enqueueAll enqueues job i for i in [0,n) with key keyOf(i) in batches from several
 // producers, preserving per-key order: each producer owns a disjoint set of
 // keys, so per-key sequence numbers follow acknowledgement order.
 func enqueueAll(ctx context.Context, c *herald.Client, rec *history.Recorder, n, batch, producers int, keyOf func(i int) int) (time.Duration, error) {

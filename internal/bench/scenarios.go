@@ -10,7 +10,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,16 +55,8 @@ func Throughput(ctx context.Context, o Options, jobs, keys, batch, producers int
 		return res, err
 	}
 	defer stop()
-	r := rand.New(rand.NewPCG(1, 2))
-	keyOf := func(int) int { return r.IntN(keys) }
-	var mu sync.Mutex
-	pick := func(i int) int { mu.Lock(); defer mu.Unlock(); return keyOf(i) }
-	keyList := make([]int, jobs)
-	for i := range keyList {
-		keyList[i] = pick(i)
-	}
 	start := time.Now()
-	enq, err := enqueueAll(ctx, c, nil, jobs, batch, producers, func(i int) int { return keyList[i] })
+	enq, err := enqueueAll(ctx, c, nil, jobs, batch, producers, randomKey(keys))
 	if err != nil {
 		return res, err
 	}
@@ -221,9 +212,7 @@ func Backlog(ctx context.Context, o Options, jobs, keys int) (BacklogResult, err
 	if err := c.Pause("bench"); err != nil {
 		return res, err
 	}
-	r := rand.New(rand.NewPCG(3, 4))
-	var mu sync.Mutex
-	enq, err := enqueueAll(ctx, c, nil, jobs, 5000, 2, func(int) int { mu.Lock(); defer mu.Unlock(); return r.IntN(keys) })
+	enq, err := enqueueAll(ctx, c, nil, jobs, 5000, 2, randomKey(keys))
 	if err != nil {
 		return res, err
 	}
@@ -235,9 +224,16 @@ func Backlog(ctx context.Context, o Options, jobs, keys int) (BacklogResult, err
 	}
 	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
+	progressDone := make(chan struct{})
+	defer close(progressDone)
 	go func() {
-		for range tick.C {
-			o.printf("  drained %d/%d, peak RSS %.0f MiB", done.Load(), jobs, peakRSSMiB())
+		for {
+			select {
+			case <-tick.C:
+				o.printf("  drained %d/%d, peak RSS %.0f MiB", done.Load(), jobs, peakRSSMiB())
+			case <-progressDone:
+				return
+			}
 		}
 	}()
 	if err := waitFor(ctx, 2*time.Hour, func() bool { return done.Load() >= int64(jobs) }); err != nil {

@@ -1,0 +1,89 @@
+package bench
+
+import (
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The scenarios at toy sizes: each must finish, count every job and report
+// numbers that make sense. (The sizes that matter run via `herald bench`.)
+func TestScenarios(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	t.Run("Throughput", func(t *testing.T) {
+		t.Parallel()
+		res, err := Throughput(ctx, Options{}, 3000, 50, 100, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ProcessedPerS <= 0 || res.EnqueuePerS <= 0 || res.PickupP99Ms < res.PickupP50Ms {
+			t.Errorf("implausible result %+v", res)
+		}
+	})
+	t.Run("Latency", func(t *testing.T) {
+		t.Parallel()
+		res, err := Latency(ctx, Options{}, 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Samples != 20 || res.PickupP50Ms <= 0 || res.PickupP99Ms < res.PickupP50Ms {
+			t.Errorf("implausible result %+v", res)
+		}
+	})
+	for _, dist := range []string{"random", "roundrobin"} {
+		t.Run("Makespan/"+dist, func(t *testing.T) {
+			t.Parallel()
+			res, err := Makespan(ctx, Options{}, 300, 30, 20*time.Millisecond, dist)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Lost+res.OrderViolations+res.Overlaps != 0 {
+				t.Errorf("checker: %+v", res)
+			}
+			// The busiest key's jobs run back to back, so the makespan can
+			// never beat the bound.
+			if res.BoundS <= 0 || res.MakespanS < res.BoundS {
+				t.Errorf("makespan %.3fs below the bound %.3fs", res.MakespanS, res.BoundS)
+			}
+		})
+	}
+	t.Run("Backlog", func(t *testing.T) {
+		t.Parallel()
+		res, err := Backlog(ctx, Options{}, 5000, 500)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.PeakRSSMiB <= 0 || res.ProcessedPerS <= 0 {
+			t.Errorf("implausible result %+v", res)
+		}
+	})
+	t.Run("UnknownDistribution", func(t *testing.T) {
+		t.Parallel()
+		if _, err := Makespan(ctx, Options{}, 10, 2, time.Millisecond, "zipf"); err == nil {
+			t.Error("unknown distribution accepted")
+		}
+	})
+}
+
+func TestRandomKeyIsDeterministicAndInRange(t *testing.T) {
+	t.Parallel()
+	pick := randomKey(7)
+	seen := map[int]bool{}
+	for i := range 1000 {
+		k := pick(i)
+		if k < 0 || k >= 7 {
+			t.Fatalf("key %d out of range", k)
+		}
+		if pick(i) != k {
+			t.Fatalf("job %d mapped to two keys", i)
+		}
+		seen[k] = true
+	}
+	if len(seen) != 7 {
+		t.Errorf("1000 jobs reached %d of 7 keys", len(seen))
+	}
+}
