@@ -147,6 +147,12 @@ func (e *Engine) run() {
 
 		var claim *store.ClaimParams
 		now := e.clk.Now()
+		// Stop may have arrived while this pass waited: look again, so no
+		// job starts after Stop began.
+		if !noClaims && e.stopping.Load() {
+			noClaims = true
+			close(e.claimsStopped)
+		}
 		if !noClaims && (mayClaim || len(finishes) > 0 || len(inserts) > 0) {
 			if limits, total := e.freeSlots(rotate); total > 0 {
 				rotate++

@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"slices"
 	"sync"
 	"time"
 
@@ -107,24 +106,28 @@ func (t *claimTable) release(ids []int64) {
 	}
 }
 
-// running returns the lines (ordered jobs) and ids (unordered jobs) of kind
-// that run here now, except the finished ids (whose outcomes the current
-// transaction writes). Neither is nil: they become JSON arrays.
-func (t *claimTable) running(kind string, finished []int64) (lines, ids []int64) {
+// running returns the lines with a job running here (of any kind: a line
+// is busy whatever runs on it) and, per kind, the ids of unordered jobs
+// running here, leaving out the finished ids (whose outcomes the current
+// transaction writes). The slices are never nil: they become JSON arrays.
+func (t *claimTable) running(finished []int64) (lines []int64, unordered map[string][]int64) {
+	skip := make(map[int64]bool, len(finished))
+	for _, id := range finished {
+		skip[id] = true
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	lines, ids = []int64{}, []int64{}
-	for id := range t.byKind[kind] {
-		if slices.Contains(finished, id) {
-			continue
-		}
-		if c := t.byID[id]; c.kh != 0 {
+	lines, unordered = []int64{}, map[string][]int64{}
+	for id, c := range t.byID {
+		switch {
+		case skip[id]:
+		case c.kh != 0:
 			lines = append(lines, c.kh)
-		} else {
-			ids = append(ids, id)
+		default:
+			unordered[c.kind] = append(unordered[c.kind], id)
 		}
 	}
-	return lines, ids
+	return lines, unordered
 }
 
 // runningLines returns every line with a running job, for any kind.

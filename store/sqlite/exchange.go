@@ -545,13 +545,17 @@ func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job,
 	jobs := w.handed
 	nowUS := micros(p.Now)
 	left := w.total
+	lines, unordered := w.claims.running(finished)
+	lines = append(lines, w.handKh...)
 	for _, l := range p.Limits {
 		n := min(w.left[l.Kind], left)
 		if n <= 0 {
 			continue
 		}
-		keys, ids := w.claims.running(l.Kind, finished)
-		keys = append(keys, w.handKh...)
+		keys, ids := lines, unordered[l.Kind]
+		if ids == nil {
+			ids = []int64{}
+		}
 		var found []*store.Job
 		for _, q := range []struct {
 			sql     string

@@ -149,9 +149,13 @@ func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error
 	if err != nil {
 		return time.Time{}, err
 	}
+	_, unordered := s.claims.running(nil)
 	var next int64
 	for _, k := range kinds {
-		_, ids := s.claims.running(k, nil)
+		ids := unordered[k]
+		if ids == nil {
+			ids = []int64{}
+		}
 		idsJSON, err := json.Marshal(ids)
 		if err != nil {
 			return time.Time{}, err

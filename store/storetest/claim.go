@@ -149,6 +149,31 @@ func exerciseClaim(t *testing.T, setup func(t *testing.T) *bundle) {
 // exerciseFIFO walks many jobs through the store and checks the per-key
 // guarantees: each key's jobs start in insertion order, one at a time.
 func exerciseFIFO(t *testing.T, setup func(t *testing.T) *bundle) {
+	// A line is busy while any of its jobs runs, whatever the kinds of the
+	// jobs around it: a finished head of one kind must not be claimed again
+	// while its successor of another kind runs.
+	t.Run("MixedKindsOnOneKey", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		jobs := b.insert(base, params(kindEmail, "k"), params(kindWebhook, "k"), params(kindEmail, "k"), params(kindWebhook, "k"))
+		both := func(now time.Time) *store.ClaimParams {
+			return &store.ClaimParams{Now: now, Owner: owner1, LeaseUntil: now.Add(time.Minute),
+				Limits: []store.KindLimit{{Kind: kindEmail, Max: 10}, {Kind: kindWebhook, Max: 10}}, Max: 10}
+		}
+		running := b.claimWith(*both(base))
+		wantJobs(t, "first claim", running, jobs[0])
+		for i := 1; i < len(jobs); i++ {
+			now := at(time.Duration(i) * time.Second)
+			res, err := b.d.Exchange(t.Context(), store.ExchangeParams{Now: now, Claim: both(now),
+				Finishes: []store.FinishParams{{ID: running[0].ID, Owner: owner1, Outcome: store.OutcomeCompleted}}})
+			if err != nil {
+				t.Fatalf("Exchange: %v", err)
+			}
+			wantJobs(t, "claimed after finishing the head", res.Claimed, jobs[i])
+			b.claimNone(now)
+			running = res.Claimed
+		}
+	})
 	const keys, perKey = 5, 10
 	keyOf := func(i int) string { return fmt.Sprintf("acct-%d", i%keys) }
 

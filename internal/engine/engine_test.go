@@ -1,0 +1,182 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/heraldmq/herald/clock"
+	"github.com/heraldmq/herald/store"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// nopStore satisfies store.Driver for tests that never reach the store.
+type nopStore struct{ store.Driver }
+
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+
+	tests := []struct {
+		name      string
+		attempt   int
+		base, cap time.Duration
+		nominal   time.Duration
+	}{
+		{"FirstUsesBase", 1, time.Second, time.Hour, time.Second},
+		{"Doubles", 2, time.Second, time.Hour, 2 * time.Second},
+		{"DoublesAgain", 5, time.Second, time.Hour, 16 * time.Second},
+		{"Capped", 10, time.Second, 30 * time.Second, 30 * time.Second},
+		{"HugeAttemptCapped", 1000, time.Second, time.Hour, time.Hour},
+		{"DefaultBase", 1, 0, 0, time.Second},
+		{"DefaultCap", 40, time.Second, 0, time.Hour},
+		{"AttemptZero", 0, 10 * time.Millisecond, time.Hour, 10 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			lo, hi := tt.nominal-tt.nominal/4, tt.nominal+tt.nominal/4
+			var sawLow, sawHigh bool
+			for range 2000 {
+				d := backoff(tt.attempt, tt.base, tt.cap)
+				if d < lo || d > hi {
+					t.Fatalf("backoff(%d, %s, %s) = %s, want within [%s, %s]", tt.attempt, tt.base, tt.cap, d, lo, hi)
+				}
+				sawLow = sawLow || d < tt.nominal-tt.nominal/8
+				sawHigh = sawHigh || d > tt.nominal+tt.nominal/8
+			}
+			if !sawLow || !sawHigh {
+				t.Errorf("backoff(%d) never spread over its ±25%% jitter (low %v, high %v)", tt.attempt, sawLow, sawHigh)
+			}
+		})
+	}
+}
+
+func TestOutcome(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := New(Config{Store: nopStore{}, Clock: clock.NewFake(now), Owner: "me",
+		Kinds: map[string]Kind{"k": {Handler: func(context.Context, *store.Job) error { return nil }}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kind := func(block bool) *kindState {
+		return &kindState{name: "k", Kind: Kind{Timeout: time.Second, BackoffBase: time.Minute, BackoffCap: time.Hour, BlockKeyOnDiscard: block}}
+	}
+	boom := errors.New("boom")
+
+	tests := []struct {
+		name      string
+		attempt   int
+		max       int
+		block     bool
+		err       error
+		cause     error
+		want      store.Outcome
+		wantMsg   string // substring of FinishParams.Error
+		wantRetry time.Duration
+		wantBlock bool
+	}{
+		{"Success", 1, 3, false, nil, nil, store.OutcomeCompleted, "", 0, false},
+		{"SuccessDespiteStop", 1, 3, false, nil, errStopping, store.OutcomeCompleted, "", 0, false},
+		{"FailureRetries", 1, 3, false, boom, nil, store.OutcomeRetry, "boom", -1, false},
+		{"LastAttemptDiscards", 3, 3, false, boom, nil, store.OutcomeDiscard, "boom", 0, false},
+		{"LastAttemptBlocksKey", 3, 3, true, boom, nil, store.OutcomeDiscard, "boom", 0, true},
+		{"Permanent", 1, 3, false, &PermanentError{Err: boom}, nil, store.OutcomeDiscard, "permanent: boom", 0, false},
+		{"WrappedPermanent", 1, 3, false, fmt.Errorf("ctx: %w", &PermanentError{Err: boom}), nil, store.OutcomeDiscard, "boom", 0, false},
+		{"RetryAfter", 1, 3, false, &RetryAfterError{Delay: 42 * time.Second, Err: boom}, nil, store.OutcomeRetry, "retry after 42s: boom", 42 * time.Second, false},
+		{"RetryAfterOnLastAttemptDiscards", 3, 3, false, &RetryAfterError{Delay: time.Second, Err: boom}, nil, store.OutcomeDiscard, "boom", 0, false},
+		{"StopReleases", 3, 3, false, context.Canceled, errStopping, store.OutcomeRelease, "", 0, false},
+		{"StopReleasesWhateverTheError", 1, 3, false, &PermanentError{Err: boom}, errStopping, store.OutcomeRelease, "", 0, false},
+		{"TimeoutFails", 1, 3, false, context.DeadlineExceeded, errTimeout, store.OutcomeRetry, "handler timeout after 1s", -1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			j := &store.Job{ID: 7, Kind: "k", Attempt: tt.attempt, MaxAttempts: tt.max}
+			f := e.outcome(kind(tt.block), j, tt.err, tt.cause)
+			if f.ID != 7 || f.Owner != "me" || f.Outcome != tt.want || f.BlockKey != tt.wantBlock {
+				t.Fatalf("outcome = %+v, want outcome %d, block %v", f, tt.want, tt.wantBlock)
+			}
+			if !strings.Contains(f.Error, tt.wantMsg) || (tt.wantMsg == "" && f.Error != "") {
+				t.Errorf("Error = %q, want it to contain %q", f.Error, tt.wantMsg)
+			}
+			switch {
+			case tt.want != store.OutcomeRetry:
+				if !f.RetryAt.IsZero() {
+					t.Errorf("RetryAt = %s for a non-retry outcome", f.RetryAt)
+				}
+			case tt.wantRetry >= 0:
+				if got := f.RetryAt.Sub(now); got != tt.wantRetry {
+					t.Errorf("RetryAt = now+%s, want now+%s", got, tt.wantRetry)
+				}
+			default: // backoff after attempt 1 from a 1m base: 45s..75s
+				if got := f.RetryAt.Sub(now); got < 45*time.Second || got > 75*time.Second {
+					t.Errorf("RetryAt = now+%s, want a backoff within [45s, 75s]", got)
+				}
+			}
+		})
+	}
+}
+
+func TestCallRecoversPanics(t *testing.T) {
+	t.Parallel()
+	err := call(context.Background(), func(context.Context, *store.Job) error { panic("kaboom") }, &store.Job{})
+	if err == nil || !strings.HasPrefix(err.Error(), "panic: kaboom") || !strings.Contains(err.Error(), "goroutine") {
+		t.Errorf("call of a panicking handler = %v; want an error with the panic value and a stack", err)
+	}
+	if err := call(context.Background(), func(context.Context, *store.Job) error { return nil }, &store.Job{}); err != nil {
+		t.Errorf("call of a succeeding handler = %v", err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	if _, err := New(Config{}); err == nil {
+		t.Error("New without a Store succeeded")
+	}
+	if _, err := New(Config{Store: nopStore{}, Kinds: map[string]Kind{"k": {}}}); err == nil {
+		t.Error("New with a kind lacking a Handler succeeded")
+	}
+	e, err := New(Config{Store: nopStore{}, Workers: 4, Kinds: map[string]Kind{
+		"over":  {Handler: func(context.Context, *store.Job) error { return nil }, Concurrency: 10},
+		"unset": {Handler: func(context.Context, *store.Job) error { return nil }},
+		"under": {Handler: func(context.Context, *store.Job) error { return nil }, Concurrency: 2},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for kind, want := range map[string]int{"over": 4, "unset": 4, "under": 2} {
+		if k, _ := e.Kind(kind); k.Concurrency != want {
+			t.Errorf("kind %s Concurrency = %d, want %d (clamped to Workers)", kind, k.Concurrency, want)
+		}
+	}
+	if e.Owner() == "" {
+		t.Error("no default Owner")
+	}
+}
+
+// An engine that was never started takes no inserts and stops at once.
+func TestNotStarted(t *testing.T) {
+	t.Parallel()
+	e, err := New(Config{Store: nopStore{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Insert(t.Context(), []store.InsertParams{{Kind: "k"}}); !errors.Is(err, ErrStopped) {
+		t.Errorf("Insert before Start = %v, want ErrStopped", err)
+	}
+	if err := e.Stop(t.Context()); err != nil {
+		t.Errorf("Stop before Start = %v", err)
+	}
+	if err := e.Pause("nope", true); err == nil {
+		t.Error("Pause of an unknown kind succeeded")
+	}
+}
