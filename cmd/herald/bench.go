@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -48,14 +49,31 @@ output is one JSON object with the scenario's results.`,
 		return nil
 	}
 
-	report := func(cmd *cobra.Command, v any) {
-		if asJSON {
-			fmt.Fprintln(cmd.OutOrStdout(), bench.JSON(v))
-		} else {
-			fmt.Fprintf(cmd.OutOrStdout(), "%+v\n", v)
+	// scenario builds one subcommand: run measures, the result is printed,
+	// and a result that judges itself (Err) decides the exit status.
+	scenario := func(use, short string, run func(ctx context.Context) (any, error)) *cobra.Command {
+		return &cobra.Command{
+			Use:   use,
+			Short: short,
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				opts.Out = cmd.ErrOrStderr()
+				res, err := run(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					fmt.Fprintln(cmd.OutOrStdout(), bench.JSON(res))
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "%+v\n", res)
+				}
+				if judged, ok := res.(interface{ Err() error }); ok {
+					return judged.Err()
+				}
+				return nil
+			},
 		}
 	}
-	prep := func(cmd *cobra.Command) { opts.Out = cmd.ErrOrStderr() }
 
 	// Each scenario has its own flag variables: shared ones would take the
 	// default of whichever command registered last.
@@ -68,77 +86,28 @@ output is one JSON object with the scenario's results.`,
 		bJobs, bKeys                   int
 	)
 
-	throughput := &cobra.Command{
-		Use:   "throughput",
-		Short: "No-op jobs, durable and ordered: enqueue rate and end-to-end processing rate",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			prep(cmd)
-			res, err := bench.Throughput(cmd.Context(), opts, tJobs, tKeys, batch, producers)
-			if err != nil {
-				return err
-			}
-			report(cmd, res)
-			return nil
-		},
-	}
+	throughput := scenario("throughput", "No-op jobs, durable and ordered: enqueue rate and end-to-end processing rate",
+		func(ctx context.Context) (any, error) {
+			return bench.Throughput(ctx, opts, tJobs, tKeys, batch, producers)
+		})
 	throughput.Flags().IntVar(&tJobs, "jobs", 200000, "jobs to run")
 	throughput.Flags().IntVar(&tKeys, "keys", 1000, "distinct ordering keys (random)")
 	throughput.Flags().IntVar(&batch, "batch", 1000, "jobs per EnqueueMany call")
 	throughput.Flags().IntVar(&producers, "producers", 4, "concurrent producers")
 
-	latency := &cobra.Command{
-		Use:   "latency",
-		Short: "Enqueue → handler start on an idle engine",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			prep(cmd)
-			res, err := bench.Latency(cmd.Context(), opts, samples)
-			if err != nil {
-				return err
-			}
-			report(cmd, res)
-			return nil
-		},
-	}
+	latency := scenario("latency", "Enqueue → handler start on an idle engine",
+		func(ctx context.Context) (any, error) { return bench.Latency(ctx, opts, samples) })
 	latency.Flags().IntVar(&samples, "samples", 1000, "jobs to time, one at a time")
 
-	makespan := &cobra.Command{
-		Use:   "makespan",
-		Short: "Seeds 002/003: ordered events over accounts, each taking --work",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			prep(cmd)
-			res, err := bench.Makespan(cmd.Context(), opts, events, mKeys, work, dist)
-			if err != nil {
-				return err
-			}
-			report(cmd, res)
-			if res.Lost+res.OrderViolations+res.Overlaps > 0 {
-				return fmt.Errorf("checker found %d lost, %d order violations, %d overlaps", res.Lost, res.OrderViolations, res.Overlaps)
-			}
-			return nil
-		},
-	}
+	makespan := scenario("makespan", "Seeds 002/003: ordered events over accounts, each taking --work",
+		func(ctx context.Context) (any, error) { return bench.Makespan(ctx, opts, events, mKeys, work, dist) })
 	makespan.Flags().IntVar(&events, "events", 10000, "events to enqueue")
 	makespan.Flags().IntVar(&mKeys, "keys", 1000, "accounts (ordering keys)")
 	makespan.Flags().DurationVar(&work, "work", time.Second, "time each event takes")
 	makespan.Flags().StringVar(&dist, "dist", "random", "how events map to keys: random or roundrobin")
 
-	backlog := &cobra.Command{
-		Use:   "backlog",
-		Short: "Enqueue a large backlog, then drain it; reports peak RSS",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			prep(cmd)
-			res, err := bench.Backlog(cmd.Context(), opts, bJobs, bKeys)
-			if err != nil {
-				return err
-			}
-			report(cmd, res)
-			return nil
-		},
-	}
+	backlog := scenario("backlog", "Enqueue a large backlog, then drain it; reports peak RSS",
+		func(ctx context.Context) (any, error) { return bench.Backlog(ctx, opts, bJobs, bKeys) })
 	backlog.Flags().IntVar(&bJobs, "jobs", 5000000, "jobs to enqueue before draining")
 	backlog.Flags().IntVar(&bKeys, "keys", 1000000, "distinct ordering keys (random)")
 

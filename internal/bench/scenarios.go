@@ -128,6 +128,14 @@ type MakespanResult struct {
 	Duplicates      int     `json:"duplicates"`
 }
 
+// Err reports what the history checker found wrong, if anything.
+func (r MakespanResult) Err() error {
+	if r.Lost+r.OrderViolations+r.Overlaps == 0 {
+		return nil
+	}
+	return fmt.Errorf("checker found %d lost, %d order violations, %d overlaps", r.Lost, r.OrderViolations, r.Overlaps)
+}
+
 // Makespan is seeds 002/003's task: events over keys, each taking work,
 // strictly ordered per key. The lower bound is the busiest key's count ×
 // work; the history checker judges order, overlaps and loss.
