@@ -17,7 +17,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newBenchCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newConfigCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }
 

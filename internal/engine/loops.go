@@ -11,6 +11,10 @@ import (
 	"github.com/heraldmq/herald/store"
 )
 
+// outcomesBesideInserts caps the outcomes a cycle takes when enqueues are
+// waiting too.
+const outcomesBesideInserts = 256
+
 type insertRequest struct {
 	jobs []store.InsertParams
 	done chan insertResult
@@ -118,7 +122,9 @@ func (e *Engine) run() {
 			if rows >= e.cfg.MaxBatch {
 				in = nil
 			}
-			if len(finishes) >= e.cfg.MaxBatch {
+			// While enqueuers wait, keep cycles short: an acknowledgement
+			// should not queue behind a thousand outcomes.
+			if len(finishes) >= e.cfg.MaxBatch || (len(inserts) > 0 && len(finishes) >= outcomesBesideInserts) {
 				out = nil
 			}
 			if in == nil && out == nil {

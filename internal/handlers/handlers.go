@@ -54,7 +54,7 @@ func Sleep() herald.HandlerFunc {
 }
 
 // RateLimited lets h start at most r jobs per second (bursts of burst).
-// The wait happens inside the job's worker slot and honours its context.
+// The wait happens inside the job's worker slot and honors its context.
 func RateLimited(h herald.HandlerFunc, r float64, burst int) herald.HandlerFunc {
 	if r <= 0 {
 		return h

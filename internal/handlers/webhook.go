@@ -49,7 +49,7 @@ type WebhookConfig struct {
 // Webhook returns a handler that delivers each job's payload to cfg.URL.
 //
 // Outcomes: 2xx completes the job. 408, 429, 5xx and network errors are
-// retried with backoff, honouring Retry-After. Any other status is a
+// retried with backoff, honoring Retry-After. Any other status is a
 // permanent failure (dead letter), because resending the same request would
 // get the same answer.
 func Webhook(cfg WebhookConfig) (herald.HandlerFunc, error) {
@@ -105,7 +105,7 @@ func Webhook(cfg WebhookConfig) (herald.HandlerFunc, error) {
 		if err != nil {
 			return fmt.Errorf("webhook: %w", err) // network trouble: retry
 		}
-		defer resp.Body.Close()
+		defer resp.Body.Close() //nolint:errcheck // the body is drained; a close error changes nothing
 		// Read a little for the error history; drain a bounded amount so the
 		// connection can be reused.
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))

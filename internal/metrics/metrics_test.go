@@ -50,11 +50,15 @@ func TestExporter(t *testing.T) {
 	srv := httptest.NewServer(exp.Middleware(mux))
 	t.Cleanup(srv.Close)
 	get := func(path string) string {
-		resp, err := http.Get(srv.URL + path)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close() //nolint:errcheck // read fully below
 		b, err := io.ReadAll(resp.Body)
 		if err != nil {
 			t.Fatal(err)
@@ -97,7 +101,7 @@ func TestExporter(t *testing.T) {
 func TestExporterWithoutClient(t *testing.T) {
 	t.Parallel()
 	rec := httptest.NewRecorder()
-	New().Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	New().Handler().ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/metrics", nil))
 	if rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), "herald_jobs_running") {
 		t.Errorf("scrape before Attach: %d\n%s", rec.Code, rec.Body.String())
 	}
