@@ -84,6 +84,7 @@ output is one JSON object with the scenario's results.`,
 		work                           time.Duration
 		dist                           string
 		bJobs, bKeys                   int
+		hRequests, hConns, hBatch      int
 	)
 
 	throughput := scenario("throughput", "No-op jobs, durable and ordered: enqueue rate and end-to-end processing rate",
@@ -111,6 +112,12 @@ output is one JSON object with the scenario's results.`,
 	backlog.Flags().IntVar(&bJobs, "jobs", 5000000, "jobs to enqueue before draining")
 	backlog.Flags().IntVar(&bKeys, "keys", 1000000, "distinct ordering keys (random)")
 
-	cmd.AddCommand(throughput, latency, makespan, backlog)
+	httpLoad := scenario("http", "POST /v1/jobs (or /v1/jobs/batch) over loopback: durable requests/s and latency",
+		func(ctx context.Context) (any, error) { return bench.HTTP(ctx, opts, hRequests, hConns, hBatch) })
+	httpLoad.Flags().IntVar(&hRequests, "requests", 100000, "requests to send")
+	httpLoad.Flags().IntVar(&hConns, "conns", 64, "keep-alive connections")
+	httpLoad.Flags().IntVar(&hBatch, "batch", 1, "jobs per request (above 1: POST /v1/jobs/batch)")
+
+	cmd.AddCommand(throughput, latency, makespan, backlog, httpLoad)
 	return cmd
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -61,6 +62,18 @@ func TestScenarios(t *testing.T) {
 			t.Errorf("implausible result %+v", res)
 		}
 	})
+	for _, batch := range []int{1, 50} {
+		t.Run(fmt.Sprintf("HTTP/batch=%d", batch), func(t *testing.T) {
+			t.Parallel()
+			res, err := HTTP(ctx, Options{}, 300, 8, batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Failed != 0 || res.RequestsPerS <= 0 || res.JobsPerS != res.RequestsPerS*float64(batch) || res.P99Ms < res.P50Ms {
+				t.Errorf("implausible result %+v", res)
+			}
+		})
+	}
 	t.Run("UnknownDistribution", func(t *testing.T) {
 		t.Parallel()
 		if _, err := Makespan(ctx, Options{}, 10, 2, time.Millisecond, "zipf"); err == nil {
