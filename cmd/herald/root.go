@@ -17,7 +17,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newConfigCmd(), newBenchCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newConfigCmd(), newBenchCmd(), newVersionCmd(), newEnqueueCmd(), newJobsCmd(), newKeysCmd(), newKindsCmd(), newStatsCmd(), newMigrateCmd())
 	return root
 }
 
