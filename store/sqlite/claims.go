@@ -106,41 +106,23 @@ func (t *claimTable) release(ids []int64) {
 	}
 }
 
-// running returns the lines with a job running here (of any kind: a line
-// is busy whatever runs on it) and, per kind, the ids of unordered jobs
-// running here, leaving out the finished ids (whose outcomes the current
-// transaction writes). The slices are never nil: they become JSON arrays.
-func (t *claimTable) running(finished []int64) (lines []int64, unordered map[string][]int64) {
+// running returns, per kind, the ids of unordered jobs running here,
+// leaving out the finished ids (whose outcomes the current transaction
+// writes). Running lines need no such list: they are marked in their row.
+func (t *claimTable) running(finished []int64) map[string][]int64 {
 	skip := make(map[int64]bool, len(finished))
 	for _, id := range finished {
 		skip[id] = true
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	lines, unordered = []int64{}, map[string][]int64{}
+	unordered := map[string][]int64{}
 	for id, c := range t.byID {
-		switch {
-		case skip[id]:
-		case c.kh != 0:
-			lines = append(lines, c.kh)
-		default:
+		if c.kh == 0 && !skip[id] {
 			unordered[c.kind] = append(unordered[c.kind], id)
 		}
 	}
-	return lines, unordered
-}
-
-// runningLines returns every line with a running job, for any kind.
-func (t *claimTable) runningLines() []int64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	lines := []int64{}
-	for _, c := range t.byID {
-		if c.kh != 0 {
-			lines = append(lines, c.kh)
-		}
-	}
-	return lines
+	return unordered
 }
 
 func (t *claimTable) renew(owner string, until time.Time) {

@@ -40,20 +40,19 @@ const (
 	newLineSQL  = `INSERT INTO herald_lines (kh, key, head_id, kind, run_at) VALUES (?, ?, ?, ?, ?)`
 	moveHeadSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 0 WHERE kh = ?1`
 
-	// claimLinesSQL reads ready heads of one kind, skipping keys this
-	// process already runs (?3, a JSON array); claims live in memory.
+	// claimLinesSQL reads ready heads of one kind. A line whose job runs
+	// here is marked blocked = 2 (markRunningSQL), which takes it out of the
+	// ready index: no running set has to be passed in.
 	claimLinesSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
 		WHERE l.kind = ?1 AND l.blocked = 0 AND l.run_at <= ?2
-			AND l.kh NOT IN (SELECT value FROM json_each(?3))
-		ORDER BY l.run_at, l.head_id LIMIT ?4`
+		ORDER BY l.run_at, l.head_id LIMIT ?3`
+	markRunningSQL    = `UPDATE herald_lines SET blocked = 2 WHERE kh IN (SELECT value FROM json_each(?1))`
 	claimUnorderedSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
 		WHERE j.key = '' AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
 			AND j.id NOT IN (SELECT value FROM json_each(?3))
 		ORDER BY j.run_at, j.id LIMIT ?4`
 
-	nextLineRunSQL = `SELECT run_at FROM herald_lines
-		WHERE kind = ?1 AND blocked = 0 AND kh NOT IN (SELECT value FROM json_each(?2))
-		ORDER BY run_at LIMIT 1`
+	nextLineRunSQL      = `SELECT run_at FROM herald_lines WHERE kind = ?1 AND blocked = 0 ORDER BY run_at LIMIT 1`
 	nextUnorderedRunSQL = `SELECT run_at FROM herald_jobs
 		WHERE key = '' AND kind = ?1 AND state IN (0, 1, 3) AND id NOT IN (SELECT value FROM json_each(?2))
 		ORDER BY run_at, id LIMIT 1`
@@ -75,7 +74,7 @@ func lineID(key string) int64 {
 
 // hotStatements are prepared once at Open.
 var hotStatements = []string{insertSQL, completeSQL, nextInLineSQL, dropLineSQL, lineHeadSQL,
-	newLineSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL}
+	newLineSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL, markRunningSQL}
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
 // at, ?5 message, ?6 time as text.
@@ -355,16 +354,12 @@ func (w *lineWriter) oldestWaiting(kind string) (int64, error) {
 	if v, ok := w.waiting[kind]; ok {
 		return v, nil
 	}
-	lines, err := json.Marshal(w.claims.runningLines())
-	if err != nil {
-		return 0, err
-	}
 	st, err := w.stmt(nextLineRunSQL)
 	if err != nil {
 		return 0, err
 	}
 	var v int64
-	if err := st.QueryRowContext(w.ctx, kind, string(lines)).Scan(&v); err != nil && !errors.Is(err, sql.ErrNoRows) {
+	if err := st.QueryRowContext(w.ctx, kind).Scan(&v); err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return 0, err
 	}
 	if w.waiting == nil {
@@ -545,31 +540,34 @@ func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job,
 	jobs := w.handed
 	nowUS := micros(p.Now)
 	left := w.total
-	lines, unordered := w.claims.running(finished)
-	lines = append(lines, w.handKh...)
+	unordered := w.claims.running(finished)
+	var marked []int64
 	for _, l := range p.Limits {
 		n := min(w.left[l.Kind], left)
 		if n <= 0 {
 			continue
 		}
-		keys, ids := lines, unordered[l.Kind]
+		ids := unordered[l.Kind]
 		if ids == nil {
 			ids = []int64{}
 		}
+		exclude, err := json.Marshal(ids)
+		if err != nil {
+			return nil, err
+		}
 		var found []*store.Job
 		for _, q := range []struct {
-			sql     string
-			exclude any
-		}{{claimLinesSQL, keys}, {claimUnorderedSQL, ids}} {
-			ex, err := json.Marshal(q.exclude)
-			if err != nil {
-				return nil, err
-			}
+			sql  string
+			args []any
+		}{
+			{claimLinesSQL, []any{l.Kind, nowUS, n}},
+			{claimUnorderedSQL, []any{l.Kind, nowUS, string(exclude), n}},
+		} {
 			st, err := w.stmt(q.sql)
 			if err != nil {
 				return nil, err
 			}
-			rows, err := st.QueryContext(w.ctx, l.Kind, nowUS, string(ex), n)
+			rows, err := st.QueryContext(w.ctx, q.args...)
 			if err != nil {
 				return nil, err
 			}
@@ -592,9 +590,21 @@ func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job,
 		found = found[:min(len(found), n)]
 		for _, j := range found {
 			markClaimed(j, p.Now, p.Owner)
+			if kh := lineID(j.Key); kh != 0 {
+				marked = append(marked, kh)
+			}
 		}
 		jobs = append(jobs, found...)
 		left -= len(found)
+	}
+	if len(marked) > 0 {
+		b, err := json.Marshal(marked)
+		if err != nil {
+			return nil, err
+		}
+		if err := w.exec(markRunningSQL, string(b)); err != nil {
+			return nil, err
+		}
 	}
 	return jobs, nil
 }

@@ -145,11 +145,7 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 // NextRunAt returns the earliest run_at among waiting heads of kinds,
 // ignoring the ones running here.
 func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error) {
-	lines, err := json.Marshal(s.claims.runningLines())
-	if err != nil {
-		return time.Time{}, err
-	}
-	_, unordered := s.claims.running(nil)
+	unordered := s.claims.running(nil)
 	var next int64
 	for _, k := range kinds {
 		ids := unordered[k]
@@ -161,10 +157,11 @@ func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error
 			return time.Time{}, err
 		}
 		for _, q := range []struct {
-			sql, exclude string
-		}{{nextLineRunSQL, string(lines)}, {nextUnorderedRunSQL, string(idsJSON)}} {
+			sql  string
+			args []any
+		}{{nextLineRunSQL, []any{k}}, {nextUnorderedRunSQL, []any{k, string(idsJSON)}}} {
 			var v int64
-			err := s.reader.QueryRowContext(ctx, q.sql, k, q.exclude).Scan(&v)
+			err := s.reader.QueryRowContext(ctx, q.sql, q.args...).Scan(&v)
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -479,10 +476,6 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	if err != nil {
 		return nil, err
 	}
-	lines, err := json.Marshal(s.claims.runningLines())
-	if err != nil {
-		return nil, err
-	}
 	ids, err := json.Marshal(s.claims.ids())
 	if err != nil {
 		return nil, err
@@ -491,7 +484,7 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	var oldest [3]sql.NullInt64
 	err = s.reader.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE l.run_at <= ?1), min(j.due_at)
 		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
-		WHERE l.blocked = 0 AND l.kh NOT IN (SELECT value FROM json_each(?2))`, nowUS, string(lines)).Scan(&ready, &oldest[0])
+		WHERE l.blocked = 0`, nowUS).Scan(&ready, &oldest[0])
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: stats: %w", err)
 	}

@@ -147,6 +147,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := s.prepareHot(ctx); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
+	// Nothing runs yet: lines marked running by a previous process are free.
+	if _, err := s.writer.ExecContext(ctx, `UPDATE herald_lines SET blocked = 0 WHERE blocked = 2`); err != nil {
+		return nil, errors.Join(fmt.Errorf("sqlite: reset running lines: %w", err), s.Close())
+	}
 	if err := s.repairLines(ctx); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}

@@ -41,8 +41,10 @@ CREATE UNIQUE INDEX herald_jobs_idempotency ON herald_jobs (idempotency_key) WHE
 -- Finalized jobs by age, for retention.
 CREATE INDEX herald_jobs_finished ON herald_jobs (finished_at) WHERE state >= 4;
 
--- The front of each ordered key's line. kind and run_at are the head's;
--- blocked means the head is a dead letter holding the key for an operator.
+-- The front of each ordered key's line. kind and run_at are the head's.
+-- blocked: 0 ready or waiting for run_at; 1 the head is a dead letter holding
+-- the key for an operator; 2 a job of the line runs in this process (reset
+-- when the store is opened: claims do not survive the process).
 CREATE TABLE herald_lines (
     kh      INTEGER PRIMARY KEY,
     key     TEXT    NOT NULL,
