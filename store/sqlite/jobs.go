@@ -327,7 +327,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 		}
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
 		defer w.close()
-		dueUS, err := rejoinDue(ctx, tx, j.Key, id, nowUS)
+		dueUS, err := s.rejoinDue(ctx, tx, j.Key, id, nowUS)
 		if err != nil {
 			return err
 		}
@@ -345,21 +345,31 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 }
 
 // rejoinDue is the line position for a job (re)joining key's line now: now,
-// but never ahead of the current head, which may already be running.
-func rejoinDue(ctx context.Context, tx *sql.Tx, key string, id, nowUS int64) (int64, error) {
+// but never ahead of the line's head or of the job running on it (after a
+// hand-off the line row still names the finished job before it).
+func (s *Store) rejoinDue(ctx context.Context, tx *sql.Tx, key string, id, nowUS int64) (int64, error) {
+	dueUS := nowUS
+	after := func(headDue, headID int64) {
+		if dueUS < headDue || (dueUS == headDue && id < headID) {
+			dueUS = headDue + 1
+		}
+	}
 	var headID, headDue int64
 	err := tx.QueryRowContext(ctx, `SELECT j.id, j.due_at FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
 		WHERE l.kh = ?`, lineID(key)).Scan(&headID, &headDue)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nowUS, nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
 		return 0, err
+	default:
+		after(headDue, headID)
 	}
-	if nowUS < headDue || (nowUS == headDue && id < headID) {
-		return headDue + 1, nil
+	if running, ok := s.claims.runningOn(lineID(key)); ok {
+		if c, ok := s.claims.get(running); ok {
+			after(c.dueUS, running)
+		}
 	}
-	return nowUS, nil
+	return dueUS, nil
 }
 
 // Cancel finalizes a job that has not started (or a blocking dead letter)

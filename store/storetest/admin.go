@@ -11,6 +11,41 @@ import (
 )
 
 func exerciseRetry(t *testing.T, setup func(t *testing.T) *bundle) {
+	// A retried job joins its line at the back: even when "now" equals the
+	// due time of the job running on that line and the retried job's id is
+	// smaller, it must not be placed ahead of it (the line only walks on).
+	t.Run("RejoinNeverAheadOfRunningHead", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		dead := b.insertOne(base, params(kindEmail, "k"))
+		b.discard(base, b.claimOne(base), false)
+		t1, t2 := at(time.Second), at(2*time.Second)
+		first := b.insertOne(t1, params(kindEmail, "k"))
+		second := b.insertOne(t2, params(kindEmail, "k"))
+		claimed := b.claimOne(t2)
+		if claimed.ID != first.ID {
+			t.Fatalf("claimed %d, want %d", claimed.ID, first.ID)
+		}
+		// Finish the head and claim in one exchange, as the engine does (a
+		// driver may hand the successor over without rewriting its line).
+		claim := &store.ClaimParams{Now: t2, Owner: owner1, LeaseUntil: t2.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: kindEmail, Max: 10}}, Max: 10}
+		res, err := b.d.Exchange(t.Context(), store.ExchangeParams{Now: t2, Claim: claim,
+			Finishes: []store.FinishParams{{ID: first.ID, Owner: owner1, Outcome: store.OutcomeCompleted}}})
+		if err != nil {
+			t.Fatalf("Exchange: %v", err)
+		}
+		wantJobs(t, "claimed after the head finished", res.Claimed, second)
+		// "now" equals the running job's due time and the retried job's id
+		// is smaller: it must still go behind the running job.
+		if _, err := b.d.Retry(t.Context(), dead.ID, t2); err != nil {
+			t.Fatalf("Retry: %v", err)
+		}
+		b.complete(t2, res.Claimed[0])
+		if got := b.claimOne(t2); got.ID != dead.ID {
+			t.Fatalf("after the running job finished, claimed %d; want the retried job %d", got.ID, dead.ID)
+		}
+	})
 	retry := func(b *bundle, id int64, now time.Time) *store.Job {
 		b.t.Helper()
 		j, err := b.d.Retry(b.t.Context(), id, now)
