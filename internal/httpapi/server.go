@@ -303,12 +303,19 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(rec, r)
+		// Info logs the route pattern, not the path: paths carry job keys,
+		// which are often personal data (an email address, an account).
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
 		s.opts.Logger.LogAttrs(r.Context(), slog.LevelInfo, "http request",
 			slog.String("method", r.Method),
-			slog.String("path", r.URL.Path),
+			slog.String("route", route),
 			slog.Int("status", rec.status),
 			slog.Duration("duration", time.Since(start)),
 		)
+		s.opts.Logger.LogAttrs(r.Context(), slog.LevelDebug, "http request path", slog.String("path", r.URL.Path))
 	})
 }
 
