@@ -691,8 +691,14 @@ func TestLogging(t *testing.T) {
 	r := b.newRequest(http.MethodPost, "/v1/jobs", []byte(`{"kind":"noop","payload":{"secret":"hunter2-payload"},"bogus":1}`))
 	b.serve(r)
 	b.serve(b.newRequest(http.MethodGet, "/v1/keys/alice@example.com", nil))
+	b.serve(b.newRequest(http.MethodGet, "/v1/jobs/999999", nil)) // 404 for a key-free path
 	logs := b.logs.String()
-	for _, want := range []string{"method=POST", `route="POST /v1/jobs"`, `route="GET /v1/keys/{key}"`, "status=201", "status=400", "duration="} {
+	// Refusals are logged at Info; successes only at Debug (TestLogging's
+	// logger is Info), so a 201 must not appear.
+	if strings.Contains(logs, "status=201") {
+		t.Errorf("a success was logged at Info:\n%s", logs)
+	}
+	for _, want := range []string{"method=POST", `route="POST /v1/jobs"`, "status=400", `route="GET /v1/jobs/{id}"`, "status=404", "duration="} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}

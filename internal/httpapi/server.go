@@ -309,7 +309,20 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		s.opts.Logger.LogAttrs(r.Context(), slog.LevelInfo, "http request",
+		// Successes are Debug: at thousands of requests a second an access
+		// line each costs real throughput, and /metrics counts them anyway.
+		// Refusals are Info and server errors Warn, so they stand out.
+		level := slog.LevelDebug
+		switch {
+		case r.Context().Err() != nil:
+			// The client went away (e.g. a load generator stopping): its
+			// answer was never read, so it is no server error.
+		case rec.status >= 500:
+			level = slog.LevelWarn
+		case rec.status >= 400:
+			level = slog.LevelInfo
+		}
+		s.opts.Logger.LogAttrs(r.Context(), level, "http request",
 			slog.String("method", r.Method),
 			slog.String("route", route),
 			slog.Int("status", rec.status),
