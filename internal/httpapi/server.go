@@ -52,9 +52,10 @@ type Topic struct {
 
 // Options configures a Server. Zero fields take the documented defaults.
 type Options struct {
-	// Logger receives one Info record per request (method, path, status,
-	// duration) and errors the client did not cause. Bodies, payloads and
-	// the Authorization header are never logged. Defaults to discarding.
+	// Logger receives one record per request (method, route pattern,
+	// status, duration): Debug for successes, Info for refusals, Warn for
+	// server errors; the raw path only at Debug. Bodies, payloads and the
+	// Authorization header are never logged. Defaults to discarding.
 	Logger *slog.Logger
 	// Tokens, when non-empty, are the accepted bearer tokens: every route
 	// except /healthz and /readyz requires "Authorization: Bearer <token>".
@@ -296,8 +297,8 @@ func (s *Server) backlog() int64 {
 	return n
 }
 
-// logRequests logs one Info record per request. It logs the path but never
-// the query, body or headers.
+// logRequests logs one record per request at a level set by its outcome.
+// It never logs the query, body or headers.
 func (s *Server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
