@@ -164,11 +164,7 @@ func exerciseRetry(t *testing.T, setup func(t *testing.T) *bundle) {
 
 	t.Run("Errors", func(t *testing.T) {
 		t.Parallel()
-		tests := []struct {
-			name    string
-			prepare func(b *bundle) int64
-			want    error
-		}{
+		tests := []refusalCase{
 			{"Running", func(b *bundle) int64 {
 				b.insertOne(base, params(kindEmail, "k"))
 				return b.claimOne(base).ID
@@ -183,27 +179,10 @@ func exerciseRetry(t *testing.T, setup func(t *testing.T) *bundle) {
 				return b.insertOne(base, params(kindEmail, "k")).ID + 100
 			}, store.ErrNotFound},
 		}
-		for _, tt := range tests {
-			t.Run(tt.name, func(t *testing.T) {
-				t.Parallel()
-				b := setup(t)
-				id := tt.prepare(b)
-				var before *store.Job
-				if !errors.Is(tt.want, store.ErrNotFound) {
-					before = b.get(id)
-				}
-				_, err := b.d.Retry(t.Context(), id, at(time.Minute))
-				if !errors.Is(err, tt.want) {
-					t.Fatalf("Retry(%d) error = %v, want %v", id, err, tt.want)
-				}
-				if before != nil {
-					after := b.get(id)
-					if after.State != before.State || after.Attempt != before.Attempt {
-						t.Fatalf("failed Retry changed the job: %s/%d -> %s/%d", before.State, before.Attempt, after.State, after.Attempt)
-					}
-				}
-			})
-		}
+		exerciseRefusals(t, setup, "Retry", func(b *bundle, id int64) error {
+			_, err := b.d.Retry(b.t.Context(), id, at(time.Minute))
+			return err
+		}, tests)
 	})
 }
 
@@ -357,11 +336,7 @@ func exerciseCancel(t *testing.T, setup func(t *testing.T) *bundle) {
 
 	t.Run("Errors", func(t *testing.T) {
 		t.Parallel()
-		tests := []struct {
-			name    string
-			prepare func(b *bundle) int64
-			want    error
-		}{
+		tests := []refusalCase{
 			{"Running", func(b *bundle) int64 {
 				b.insertOne(base, params(kindEmail, "k"))
 				return b.claimOne(base).ID
@@ -389,27 +364,10 @@ func exerciseCancel(t *testing.T, setup func(t *testing.T) *bundle) {
 				return b.insertOne(base, params(kindEmail, "k")).ID + 100
 			}, store.ErrNotFound},
 		}
-		for _, tt := range tests {
-			t.Run(tt.name, func(t *testing.T) {
-				t.Parallel()
-				b := setup(t)
-				id := tt.prepare(b)
-				var before *store.Job
-				if !errors.Is(tt.want, store.ErrNotFound) {
-					before = b.get(id)
-				}
-				_, err := b.d.Cancel(t.Context(), id, at(time.Minute))
-				if !errors.Is(err, tt.want) {
-					t.Fatalf("Cancel(%d) error = %v, want %v", id, err, tt.want)
-				}
-				if before != nil {
-					after := b.get(id)
-					if after.State != before.State || !after.FinishedAt.Equal(before.FinishedAt) {
-						t.Fatalf("failed Cancel changed the job: %s/%v -> %s/%v", before.State, before.FinishedAt, after.State, after.FinishedAt)
-					}
-				}
-			})
-		}
+		exerciseRefusals(t, setup, "Cancel", func(b *bundle, id int64) error {
+			_, err := b.d.Cancel(b.t.Context(), id, at(time.Minute))
+			return err
+		}, tests)
 	})
 }
 
@@ -611,4 +569,40 @@ func exerciseLifecycle(t *testing.T, setup func(t *testing.T) *bundle) {
 		}
 		_ = b.d.Close() // a second Close (as cleanup may do) must not panic
 	})
+}
+
+// refusalCase prepares a job on which an operation must fail with want.
+type refusalCase struct {
+	name    string
+	prepare func(b *bundle) int64
+	want    error
+}
+
+// exerciseRefusals runs op on each case's job: it must fail with the case's
+// error and leave the job as it was (state, attempts, finish time).
+func exerciseRefusals(t *testing.T, setup func(t *testing.T) *bundle, opName string,
+	op func(b *bundle, id int64) error, tests []refusalCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			id := tt.prepare(b)
+			var before *store.Job
+			if !errors.Is(tt.want, store.ErrNotFound) {
+				before = b.get(id)
+			}
+			if err := op(b, id); !errors.Is(err, tt.want) {
+				t.Fatalf("%s(%d) error = %v, want %v", opName, id, err, tt.want)
+			}
+			if before == nil {
+				return
+			}
+			after := b.get(id)
+			if after.State != before.State || after.Attempt != before.Attempt || !after.FinishedAt.Equal(before.FinishedAt) {
+				t.Fatalf("failed %s changed the job: %s/%d/%v -> %s/%d/%v", opName,
+					before.State, before.Attempt, before.FinishedAt, after.State, after.Attempt, after.FinishedAt)
+			}
+		})
+	}
 }
