@@ -748,3 +748,34 @@ func TestGetListLine(t *testing.T) {
 		t.Errorf("Cancel(scheduled) = %+v, %v; want cancelled", got, err)
 	}
 }
+
+func TestRecordOutputReachesNextAttempt(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, testConfig(t))
+	seen := make(chan json.RawMessage, 3)
+	mustRegister(t, c, "steps", func(ctx context.Context, job *herald.Job) error {
+		seen <- job.Output
+		if job.Attempt == 1 {
+			if err := herald.RecordOutput(ctx, map[string]int{"done": 1}); err != nil {
+				t.Errorf("RecordOutput: %v", err)
+			}
+			return errors.New("half done")
+		}
+		return nil
+	}, herald.KindConfig{BackoffBase: time.Millisecond, BackoffCap: time.Millisecond})
+	mustStart(t, c)
+	id := mustEnqueue(t, c, herald.EnqueueParams{Kind: "steps", Key: "k"}).ID
+	done := waitState(t, c, id, herald.StateCompleted)
+	if string(done.Output) != `{"done":1}` {
+		t.Errorf("completed job's Output = %s, want {\"done\":1}", done.Output)
+	}
+	if first := <-seen; first != nil {
+		t.Errorf("first attempt saw Output %s, want nil", first)
+	}
+	if second := <-seen; string(second) != `{"done":1}` {
+		t.Errorf("second attempt saw Output %s, want {\"done\":1}", second)
+	}
+	if err := herald.RecordOutput(t.Context(), 1); !errors.Is(err, herald.ErrNoAttempt) {
+		t.Errorf("RecordOutput outside an attempt = %v, want ErrNoAttempt", err)
+	}
+}

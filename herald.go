@@ -20,6 +20,8 @@
 package herald
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -104,3 +106,20 @@ func Permanent(err error) error { return &PermanentError{Err: err} }
 // backoff delay (e.g. when the remote side answered 429 Retry-After). It
 // still counts as a failed attempt.
 func RetryAfter(d time.Duration, err error) error { return &RetryAfterError{Delay: d, Err: err} }
+
+// ErrNoAttempt is returned by RecordOutput outside a running attempt.
+var ErrNoAttempt = engine.ErrNoAttempt
+
+// RecordOutput stores v, encoded as JSON (at most 256 KiB), as the running
+// job's output. It is written with the attempt's outcome, whatever that is,
+// and the next attempt finds it in Job.Output: a handler that does several
+// things can record its progress and, when retried, skip what is done (the
+// email handler records which recipients the server already accepted).
+// Calling it again replaces the earlier value.
+func RecordOutput(ctx context.Context, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("herald: record output: %w", err)
+	}
+	return engine.RecordOutput(ctx, raw)
+}

@@ -87,6 +87,15 @@ type Job struct {
 	Head bool
 	// LeaseOwner is the node running the job (running jobs only).
 	LeaseOwner string
+	// LeaseToken identifies one claim of the job (running jobs only). It is
+	// a fencing token: a finish must present it, so a worker that lost its
+	// lease and later wakes cannot write over a newer claim, even one taken
+	// by the same node.
+	LeaseToken int64
+	// Output is what a handler last recorded for the job (see
+	// FinishParams.Output), kept across attempts so a retry can resume
+	// where the previous attempt stopped; nil if nothing was recorded.
+	Output json.RawMessage
 }
 
 // InsertParams describes one job to insert.
@@ -153,11 +162,18 @@ const (
 
 // FinishParams records how one claimed job's attempt ended.
 type FinishParams struct {
-	ID      int64
-	Owner   string // must still be the lease owner, or the write is fenced off
-	Outcome Outcome
-	Error   string    // for Retry and Discard
-	RetryAt time.Time // for Retry
+	ID    int64
+	Owner string // must still be the lease owner, or the write is fenced off
+	// LeaseToken is the claimed job's LeaseToken; it must match the current
+	// claim, or the write is fenced off.
+	LeaseToken int64
+	Outcome    Outcome
+	Error      string    // for Retry and Discard
+	RetryAt    time.Time // for Retry
+	// Output, if non-nil, replaces the job's stored Output whatever the
+	// outcome (e.g. per-recipient SMTP replies, so a retry skips accepted
+	// recipients).
+	Output json.RawMessage
 	// BlockKey keeps a discarded job at the head of its key's line so the
 	// key waits for an operator (Retry or Cancel).
 	BlockKey bool
@@ -172,8 +188,9 @@ type FinishManyParams struct {
 // FinishResult reports per-finish whether the write took effect.
 type FinishResult struct {
 	ID int64
-	// Fenced is true when the job was no longer running under Owner (its lease
-	// expired and another node took over); nothing was written for it.
+	// Fenced is true when the job was no longer running under Owner and
+	// LeaseToken (its lease expired and it was rescued, maybe claimed
+	// again); nothing was written for it.
 	Fenced bool
 }
 
@@ -275,4 +292,20 @@ type Driver interface {
 	Stats(ctx context.Context, now time.Time) (*Stats, error)
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// Listener is implemented by drivers that several processes share. Listen
+// calls wake whenever another process may have made work ready (inserted,
+// finished, retried or resumed jobs) and returns when ctx ends. Wake-ups
+// are hints: engines poll as well, so a lost notification only delays.
+type Listener interface {
+	Listen(ctx context.Context, wake func()) error
+}
+
+// Elector is implemented by drivers that several processes share, so that
+// one of them (the leader) runs maintenance: rescuing expired leases and
+// pruning. Elect tries to become or stay leader as owner for ttl and
+// reports whether owner leads. Without an Elector every engine maintains.
+type Elector interface {
+	Elect(ctx context.Context, owner string, ttl time.Duration) (bool, error)
 }

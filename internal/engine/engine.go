@@ -66,9 +66,12 @@ type Config struct {
 	Clock  clock.Clock
 	Logger *slog.Logger
 
-	PollInterval       time.Duration
-	LeaseDuration      time.Duration
-	MaintenanceEvery   time.Duration
+	PollInterval     time.Duration
+	LeaseDuration    time.Duration
+	MaintenanceEvery time.Duration
+	// RescueEvery is how often expired leases are looked for, so a dead
+	// node's work resumes soon after its lease ends. Default 1s.
+	RescueEvery        time.Duration
 	StatsEvery         time.Duration
 	CompletedRetention time.Duration
 	DiscardedRetention time.Duration
@@ -104,6 +107,7 @@ type Engine struct {
 	workCtx    context.Context // handler contexts derive from this
 	workCancel context.CancelCauseFunc
 	maintDone  chan struct{}
+	listenDone chan struct{}
 	// claimsStopped is closed by the store loop once it has seen Stop and
 	// will claim nothing more.
 	claimsStopped chan struct{}
@@ -149,6 +153,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.StatsEvery <= 0 {
 		cfg.StatsEvery = 10 * time.Second
+	}
+	if cfg.RescueEvery <= 0 {
+		cfg.RescueEvery = min(time.Second, cfg.LeaseDuration/4)
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 2000
@@ -198,6 +205,8 @@ func (e *Engine) Start() error {
 	e.claimsStopped = make(chan struct{})
 	go e.run()
 	go e.maintainLoop()
+	e.listenDone = make(chan struct{})
+	go e.listen()
 	return nil
 }
 
@@ -231,6 +240,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	<-e.loopDone
 	e.rootCancel()
 	<-e.maintDone
+	<-e.listenDone
 	e.workCancel(errStopping)
 	return err
 }

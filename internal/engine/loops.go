@@ -339,11 +339,15 @@ func (e *Engine) work(k *kindState, j *store.Job) {
 	} else {
 		ctx, cancel = context.WithCancel(ctx)
 	}
+	rec := &outputRecorder{}
+	ctx = context.WithValue(ctx, outputKey{}, rec)
 	start := time.Now()
 	err := call(ctx, k.Handler, j)
 	cause := context.Cause(ctx)
 	cancel()
-	e.finish <- finishRequest{FinishParams: e.outcome(k, j, err, cause), kind: j.Kind, duration: time.Since(start)}
+	f := e.outcome(k, j, err, cause)
+	f.Output = rec.get()
+	e.finish <- finishRequest{FinishParams: f, kind: j.Kind, duration: time.Since(start)}
 }
 
 func call(ctx context.Context, h HandlerFunc, j *store.Job) (err error) {
@@ -357,7 +361,7 @@ func call(ctx context.Context, h HandlerFunc, j *store.Job) (err error) {
 
 // outcome classifies a handler's result.
 func (e *Engine) outcome(k *kindState, j *store.Job, err, cause error) store.FinishParams {
-	f := store.FinishParams{ID: j.ID, Owner: e.cfg.Owner}
+	f := store.FinishParams{ID: j.ID, Owner: e.cfg.Owner, LeaseToken: j.LeaseToken}
 	if err == nil {
 		f.Outcome = store.OutcomeCompleted
 		return f
@@ -421,8 +425,10 @@ func (e *Engine) maintainLoop() {
 	defer close(e.maintDone)
 	renewEvery := e.cfg.LeaseDuration / 3
 	nextRenew := e.clk.Now().Add(renewEvery)
+	nextRescue := e.clk.Now()
 	nextMaint := e.clk.Now()
 	nextStats := e.clk.Now()
+	leading := false
 	for {
 		now := e.clk.Now()
 		ctx := e.rootCtx
@@ -432,8 +438,17 @@ func (e *Engine) maintainLoop() {
 			}
 			nextRenew = now.Add(renewEvery)
 		}
+		if !now.Before(nextRescue) {
+			leading = e.elect(ctx, leading)
+			if leading {
+				e.rescue(ctx, now)
+			}
+			nextRescue = now.Add(e.cfg.RescueEvery)
+		}
 		if !now.Before(nextMaint) {
-			e.maintain(ctx, now)
+			if leading {
+				e.prune(ctx, now)
+			}
 			nextMaint = now.Add(e.cfg.MaintenanceEvery)
 		}
 		if !now.Before(nextStats) {
@@ -444,7 +459,7 @@ func (e *Engine) maintainLoop() {
 			}
 			nextStats = now.Add(e.cfg.StatsEvery)
 		}
-		d := minTime(nextRenew, nextMaint, nextStats).Sub(e.clk.Now())
+		d := minTime(nextRenew, nextRescue, nextMaint, nextStats).Sub(e.clk.Now())
 		c, stop := e.clk.NewTimer(max(d, time.Millisecond))
 		select {
 		case <-c:
@@ -466,15 +481,72 @@ func minTime(ts ...time.Time) time.Time {
 	return m
 }
 
-func (e *Engine) maintain(ctx context.Context, now time.Time) {
-	if n, err := e.drv.Rescue(ctx, store.RescueParams{Now: now, ExpiredBefore: now}); err != nil {
+// elect reports whether this engine runs maintenance. With a store shared
+// by several processes (an Elector) only the elected leader does; a failed
+// election keeps the previous answer until the next try, since the lease
+// it holds outlives one try.
+func (e *Engine) elect(ctx context.Context, leading bool) bool {
+	el, ok := e.drv.(store.Elector)
+	if !ok {
+		return true
+	}
+	// The leadership term spans several tries, so one slow try does not
+	// lose it, and ends well before a job lease would: a dead leader's
+	// successor must be in office to rescue the dead node's jobs.
+	ttl := min(max(3*e.cfg.RescueEvery, 3*time.Second), e.cfg.LeaseDuration/2)
+	now, err := el.Elect(ctx, e.cfg.Owner, ttl)
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Warn("leader election failed", "err", err)
+		}
+		return leading
+	}
+	if now != leading {
+		e.log.Info("maintenance leadership changed", "leader", now, "owner", e.cfg.Owner)
+	}
+	return now
+}
+
+// rescue returns jobs whose lease expired (their node died or stalled) to
+// their lines.
+func (e *Engine) rescue(ctx context.Context, now time.Time) {
+	n, err := e.drv.Rescue(ctx, store.RescueParams{Now: now, ExpiredBefore: now})
+	if err != nil {
 		if ctx.Err() == nil {
 			e.log.Error("rescue expired leases failed", "err", err)
 		}
-	} else if n > 0 {
+		return
+	}
+	if n > 0 {
 		e.log.Warn("rescued jobs whose lease expired", "jobs", n)
 		e.signal()
 	}
+}
+
+// listen turns a shared store's notifications into wake-ups.
+func (e *Engine) listen() {
+	defer close(e.listenDone)
+	l, ok := e.drv.(store.Listener)
+	if !ok {
+		return
+	}
+	for e.rootCtx.Err() == nil {
+		err := l.Listen(e.rootCtx, e.signal)
+		if e.rootCtx.Err() != nil {
+			return
+		}
+		e.log.Warn("store notifications lost; polling until they resume", "err", err)
+		c, stop := e.clk.NewTimer(time.Second)
+		select {
+		case <-c:
+		case <-e.rootCtx.Done():
+		}
+		stop()
+	}
+}
+
+// prune deletes finished jobs past their retention.
+func (e *Engine) prune(ctx context.Context, now time.Time) {
 	p := store.PruneParams{IdempotencyBefore: now.Add(-e.idempotencyWindow()), Limit: 10000}
 	if e.cfg.CompletedRetention >= 0 {
 		p.CompletedBefore = now.Add(-cmp.Or(e.cfg.CompletedRetention, 24*time.Hour))

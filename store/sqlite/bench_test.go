@@ -43,7 +43,7 @@ func BenchmarkOneKeyLine(b *testing.B) {
 			b.Fatalf("step %d: claimed %d jobs", i, len(got))
 		}
 		res, err := s.Exchange(ctx, store.ExchangeParams{Now: now,
-			Finishes: []store.FinishParams{{ID: got[0].ID, Owner: "o", Outcome: store.OutcomeCompleted}},
+			Finishes: []store.FinishParams{{ID: got[0].ID, Owner: "o", LeaseToken: got[0].LeaseToken, Outcome: store.OutcomeCompleted}},
 			Claim:    &claim})
 		if err != nil {
 			b.Fatal(err)
@@ -51,4 +51,45 @@ func BenchmarkOneKeyLine(b *testing.B) {
 		got = res.Claimed
 	}
 	_ = fmt.Sprint()
+}
+
+// BenchmarkExchangeCycle is the engine's steady state under load: each
+// cycle inserts a batch over 1,000 keys, completes what the previous cycle
+// claimed and claims again, in one transaction. ns/op is per job.
+func BenchmarkExchangeCycle(b *testing.B) {
+	ctx := context.Background()
+	s, err := Open(ctx, b.TempDir()+"/herald.db", Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := s.Close(); err != nil {
+			b.Error(err)
+		}
+	}()
+	const batch = 1000
+	inserts := make([]store.InsertParams, batch)
+	for i := range inserts {
+		inserts[i] = store.InsertParams{Kind: "k", Key: fmt.Sprintf("key-%d", (i*7919)%1000), Payload: json.RawMessage(`{"n":1}`), MaxAttempts: 3}
+	}
+	claim := func(now time.Time) *store.ClaimParams {
+		return &store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: "k", Max: batch}}, Max: batch}
+	}
+	var running []*store.Job
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		now := time.Now()
+		fs := make([]store.FinishParams, len(running))
+		for i, j := range running {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		n := min(batch, b.N-done)
+		res, err := s.Exchange(ctx, store.ExchangeParams{Now: now, Inserts: inserts[:n], Finishes: fs, Claim: claim(now)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		done += n
+		running = res.Claimed
+	}
 }

@@ -23,6 +23,7 @@ type claim struct {
 	dueUS            int64       // the job's place in its line
 	runUS            int64       // when it became runnable, to rewrite its line on release
 	attempt          int         // the running attempt's number
+	token            int64       // fencing token handed to the claimer
 	was              store.State // state before the claim, for Stats
 }
 
@@ -31,6 +32,9 @@ type claimTable struct {
 	byID   map[int64]*claim
 	byKind map[string]map[int64]struct{}
 	byLine map[int64]int64 // line id -> the job running on it
+	// lastToken numbers claims. Tokens need only be unique while this
+	// process owns the file: claims do not outlive it.
+	lastToken int64
 }
 
 func (t *claimTable) init() {
@@ -65,9 +69,11 @@ func (t *claimTable) add(jobs []*store.Job, owner string, until time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, j := range jobs {
+		t.lastToken++
+		j.LeaseToken = t.lastToken
 		t.byID[j.ID] = &claim{
 			key: j.Key, kh: lineID(j.Key), kind: j.Kind, owner: owner, untilUS: micros(until),
-			startedUS: micros(j.StartedAt), dueUS: micros(j.DueAt), runUS: micros(j.RunAt), attempt: j.Attempt, was: wasState(j),
+			startedUS: micros(j.StartedAt), dueUS: micros(j.DueAt), runUS: micros(j.RunAt), attempt: j.Attempt, token: j.LeaseToken, was: wasState(j),
 		}
 		if kh := lineID(j.Key); kh != 0 {
 			t.byLine[kh] = j.ID
@@ -169,6 +175,7 @@ func (t *claimTable) overlay(j *store.Job) *store.Job {
 	j.Attempt = c.attempt
 	j.StartedAt = fromMicros(c.startedUS)
 	j.LeaseOwner = c.owner
+	j.LeaseToken = c.token
 	return j
 }
 

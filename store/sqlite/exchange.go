@@ -18,39 +18,24 @@ import (
 // (json_each), so a cycle runs a handful of statements whatever its size.
 // plan_test.go checks that none of them scans a table.
 const (
-	insertSQL = `INSERT INTO herald_jobs
-		(kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-
 	// completeSQL takes [[id, started_at], ...].
 	completeSQL = `UPDATE herald_jobs SET state = 4, attempt = attempt + 1,
 		started_at = p.value ->> 1, finished_at = ?2
 		FROM json_each(?1) p WHERE herald_jobs.id = p.value ->> 0`
 
-	// nextInLineSQL finds the job after (due, id) in key's line: the new
-	// head once the old one finished. Bound integers keep it one index seek.
-	nextInLineSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
-		WHERE j.kh = ?1 AND (j.due_at, j.id) > (?2, ?3) AND j.state < 4
-		ORDER BY j.due_at, j.id LIMIT 1`
-	dropLineSQL = `DELETE FROM herald_lines WHERE kh = ?1`
-
-	// lineHeadSQL reads a key's head for placing newcomers.
-	lineHeadSQL = `SELECT l.head_id, l.blocked, j.state, j.due_at, j.attempt
-		FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id WHERE l.kh = ?`
-	newLineSQL  = `INSERT INTO herald_lines (kh, key, head_id, kind, run_at) VALUES (?, ?, ?, ?, ?)`
 	moveHeadSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 0 WHERE kh = ?1`
 
-	// claimLinesSQL reads ready heads of one kind. A line whose job runs
+	// claimLinesSQL reads ready heads of one kind, oldest first. A line whose job runs
 	// here is marked blocked = 2 (markRunningSQL), which takes it out of the
 	// ready index: no running set has to be passed in.
 	claimLinesSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
 		WHERE l.kind = ?1 AND l.blocked = 0 AND l.run_at <= ?2
-		ORDER BY l.run_at, l.head_id LIMIT ?3`
+		ORDER BY l.run_at, l.head_id`
 	markRunningSQL    = `UPDATE herald_lines SET blocked = 2 WHERE kh IN (SELECT value FROM json_each(?1))`
 	claimUnorderedSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
 		WHERE j.key = '' AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
 			AND j.id NOT IN (SELECT value FROM json_each(?3))
-		ORDER BY j.run_at, j.id LIMIT ?4`
+		ORDER BY j.run_at, j.id`
 
 	nextLineRunSQL      = `SELECT run_at FROM herald_lines WHERE kind = ?1 AND blocked = 0 ORDER BY run_at LIMIT 1`
 	nextUnorderedRunSQL = `SELECT run_at FROM herald_jobs
@@ -72,9 +57,25 @@ func lineID(key string) int64 {
 	return 1
 }
 
+// insertRowsSQLs holds the multi-row insert for each chunk size.
+var insertRowsSQLs = func() map[int]string {
+	m := map[int]string{}
+	for _, n := range insertChunks {
+		m[n] = insertRowsSQL(n)
+	}
+	return m
+}()
+
 // hotStatements are prepared once at Open.
-var hotStatements = []string{insertSQL, completeSQL, nextInLineSQL, dropLineSQL, lineHeadSQL,
-	newLineSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL, markRunningSQL}
+var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
+	markRunningSQL, nextInLinesSQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
+	func() []string {
+		var qs []string
+		for _, n := range insertChunks {
+			qs = append(qs, insertRowsSQLs[n])
+		}
+		return qs
+	}()...)
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
 // at, ?5 message, ?6 time as text.
@@ -251,65 +252,157 @@ func (w *lineWriter) headFinished(kh, dueUS, id int64) {
 // newcomer gives the newcomer its place.
 func (w *lineWriter) flush() error {
 	if len(w.advance) > 0 {
-		next, err := w.stmt(nextInLineSQL)
-		if err != nil {
+		if err := w.advanceLines(); err != nil {
 			return err
-		}
-		for _, h := range w.advance {
-			j, err := scanJob(next.QueryRowContext(w.ctx, h.kh, h.dueUS, h.id), w.now)
-			switch {
-			case errors.Is(err, sql.ErrNoRows):
-				err = w.exec(dropLineSQL, h.kh)
-			case err != nil:
-			default:
-				var handed bool
-				if handed, err = w.handOff(h.kh, j); err == nil && !handed {
-					err = w.exec(moveHeadSQL, h.kh, j.ID, j.Kind, micros(j.RunAt))
-				}
-			}
-			if err != nil {
-				return err
-			}
 		}
 		w.advance = w.advance[:0]
 	}
 	if len(w.arrivals) == 0 {
 		return nil
 	}
-	find, err := w.stmt(lineHeadSQL)
-	if err != nil {
+	if err := w.placeArrivals(); err != nil {
 		return err
-	}
-	for kh, a := range w.arrivals {
-		if _, running := w.claims.runningOn(kh); running {
-			continue // a running head keeps its place: nothing to look up
-		}
-		var (
-			headID, headDue    int64
-			blocked, state, at int
-		)
-		err := find.QueryRowContext(w.ctx, kh).Scan(&headID, &blocked, &state, &headDue, &at)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			if err := w.exec(newLineSQL, kh, a.key, a.id, a.kind, a.runUS); err != nil {
-				return err
-			}
-			w.headed(a.id)
-		case err != nil:
-			return err
-		default:
-			_, running := w.claims.get(headID)
-			movable := blocked == 0 && state == stScheduled && at == 0 && !running
-			if movable && (a.dueUS < headDue || (a.dueUS == headDue && a.id < headID)) {
-				if err := w.exec(moveHeadSQL, kh, a.id, a.kind, a.runUS); err != nil {
-					return err
-				}
-				w.headed(a.id)
-			}
-		}
 	}
 	clear(w.arrivals)
 	return nil
+}
+
+// advanceLines moves each finished head's line to its next job, hands
+// that job off when it may run now, and drops lines with no job left.
+func (w *lineWriter) advanceLines() error {
+	var in jsonRows
+	for _, h := range w.advance {
+		in.row()
+		in.int(h.kh).int(h.dueUS).int(h.id)
+	}
+	st, err := w.stmt(nextInLinesSQL)
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(w.ctx, in.String())
+	if err != nil {
+		return err
+	}
+	next := make([]*store.Job, len(w.advance))
+	for rows.Next() {
+		var i int
+		j, err := scanJob(prefixScanner{rows, []any{&i}}, w.now)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		if i < 0 || i >= len(next) {
+			rows.Close()
+			return fmt.Errorf("next in line: index %d out of range", i)
+		}
+		next[i] = j
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return err
+	}
+	var drops []int64
+	var moves jsonRows
+	for i, h := range w.advance {
+		j := next[i]
+		if j == nil {
+			drops = append(drops, h.kh)
+			continue
+		}
+		handed, err := w.handOff(h.kh, j)
+		if err != nil {
+			return err
+		}
+		if !handed {
+			moves.row()
+			moves.int(h.kh).int(j.ID).str(j.Kind).int(micros(j.RunAt))
+		}
+	}
+	if len(drops) > 0 {
+		if err := w.exec(dropLinesSQL, jsonInts(drops)); err != nil {
+			return err
+		}
+	}
+	if moves.rows > 0 {
+		return w.exec(moveHeadsSQL, moves.String())
+	}
+	return nil
+}
+
+// placeArrivals gives each newcomer's key a line, or the head of its line
+// when the newcomer is due before a head that has not run yet.
+func (w *lineWriter) placeArrivals() error {
+	khs := make([]int64, 0, len(w.arrivals))
+	for kh := range w.arrivals {
+		if _, running := w.claims.runningOn(kh); !running { // a running head keeps its place
+			khs = append(khs, kh)
+		}
+	}
+	if len(khs) == 0 {
+		return nil
+	}
+	st, err := w.stmt(lineHeadsSQL)
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(w.ctx, jsonInts(khs))
+	if err != nil {
+		return err
+	}
+	type head struct {
+		id, dueUS             int64
+		blocked, state, tries int
+	}
+	heads := make(map[int64]head, len(khs))
+	for rows.Next() {
+		var kh int64
+		var h head
+		if err := rows.Scan(&kh, &h.id, &h.blocked, &h.state, &h.dueUS, &h.tries); err != nil {
+			rows.Close()
+			return err
+		}
+		heads[kh] = h
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return err
+	}
+	var created, moves jsonRows
+	for _, kh := range khs {
+		a := w.arrivals[kh]
+		h, ok := heads[kh]
+		if !ok {
+			created.row()
+			created.int(kh).str(a.key).int(a.id).str(a.kind).int(a.runUS)
+			w.headed(a.id)
+			continue
+		}
+		_, running := w.claims.get(h.id)
+		movable := h.blocked == 0 && h.state == stScheduled && h.tries == 0 && !running
+		if movable && (a.dueUS < h.dueUS || (a.dueUS == h.dueUS && a.id < h.id)) {
+			moves.row()
+			moves.int(kh).int(a.id).str(a.kind).int(a.runUS)
+			w.headed(a.id)
+		}
+	}
+	if created.rows > 0 {
+		if err := w.exec(newLinesSQL, created.String()); err != nil {
+			return err
+		}
+	}
+	if moves.rows > 0 {
+		return w.exec(moveHeadsSQL, moves.String())
+	}
+	return nil
+}
+
+// prefixScanner scans leading columns into pre, the rest into the caller's
+// destinations, so scanJob can read rows that carry extra columns first.
+type prefixScanner struct {
+	s   scanner
+	pre []any
+}
+
+func (p prefixScanner) Scan(dest ...any) error {
+	return p.s.Scan(append(p.pre[:len(p.pre):len(p.pre)], dest...)...)
 }
 
 // handOffUpTo enables hand-offs within the cycle's claim, if it has one.
@@ -387,15 +480,16 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	if len(p.Inserts) == 0 {
 		return nil, nil
 	}
-	ins, err := w.stmt(insertSQL)
-	if err != nil {
-		return nil, err
-	}
 	now := p.Now
 	nowUS := micros(now)
 	results := make([]store.InsertResult, len(p.Inserts))
+	pending := make([]any, 0, len(p.Inserts)*insertColumns) // rows not yet written
 	for i, in := range p.Inserts {
 		if in.IdempotencyKey != "" {
+			// An earlier row of this batch may hold the same key.
+			if err := w.insertRows(&pending); err != nil {
+				return nil, err
+			}
 			existing, err := idempotent(w.ctx, w.tx, in.IdempotencyKey, p.IdempotencySince, now)
 			if err != nil {
 				return nil, err
@@ -415,15 +509,9 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		if in.IdempotencyKey != "" {
 			idem = in.IdempotencyKey
 		}
-		r, err := ins.ExecContext(w.ctx, in.Kind, in.Key, lineID(in.Key), []byte(in.Payload), state,
+		id := w.store.nextID()
+		pending = append(pending, id, in.Kind, in.Key, lineID(in.Key), []byte(in.Payload), state,
 			in.MaxAttempts, dueUS, dueUS, idem, nowUS)
-		if err != nil {
-			return nil, err
-		}
-		id, err := r.LastInsertId()
-		if err != nil {
-			return nil, err
-		}
 		if in.Key != "" {
 			w.arrive(in.Key, id, dueUS, dueUS, in.Kind)
 		}
@@ -434,6 +522,9 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 			IdempotencyKey: in.IdempotencyKey, CreatedAt: fromMicros(nowUS),
 		}}
 	}
+	if err := w.insertRows(&pending); err != nil {
+		return nil, err
+	}
 	if err := w.flush(); err != nil {
 		return nil, err
 	}
@@ -443,6 +534,22 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		}
 	}
 	return results, nil
+}
+
+// insertRows writes the buffered rows (insertColumns values each) in as
+// few statements as the prepared chunk sizes allow, and empties the buffer.
+func (w *lineWriter) insertRows(args *[]any) error {
+	a := *args
+	for _, n := range insertChunks {
+		for len(a) >= n*insertColumns {
+			if err := w.exec(insertRowsSQLs[n], a[:n*insertColumns]...); err != nil {
+				return err
+			}
+			a = a[n*insertColumns:]
+		}
+	}
+	*args = (*args)[:0]
+	return nil
 }
 
 // idempotent returns the live job holding key, or nil. A job past the
@@ -462,6 +569,10 @@ func idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Tim
 	return nil, err
 }
 
+// outputSQL records a handler's output; only jobs whose handler recorded
+// one pay for it.
+const outputSQL = `UPDATE herald_jobs SET output = ?2 WHERE id = ?1`
+
 // finish writes outcomes of jobs this process claimed. It returns the ids
 // whose claims end once the transaction commits.
 func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]store.FinishResult, []int64, error) {
@@ -476,11 +587,16 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 	for i, f := range finishes {
 		results[i].ID = f.ID
 		c, ok := w.claims.get(f.ID)
-		if !ok || c.owner != f.Owner {
+		if !ok || c.owner != f.Owner || c.token != f.LeaseToken {
 			results[i].Fenced = true // not ours (any more): write nothing
 			continue
 		}
 		done = append(done, f.ID)
+		if f.Output != nil {
+			if err := w.exec(outputSQL, f.ID, []byte(f.Output)); err != nil {
+				return nil, nil, err
+			}
+		}
 		switch f.Outcome {
 		case store.OutcomeCompleted:
 			completed = append(completed, [2]int64{f.ID, c.startedUS})
@@ -560,8 +676,8 @@ func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job,
 			sql  string
 			args []any
 		}{
-			{claimLinesSQL, []any{l.Kind, nowUS, n}},
-			{claimUnorderedSQL, []any{l.Kind, nowUS, string(exclude), n}},
+			{claimLinesSQL, []any{l.Kind, nowUS}},
+			{claimUnorderedSQL, []any{l.Kind, nowUS, string(exclude)}},
 		} {
 			st, err := w.stmt(q.sql)
 			if err != nil {
@@ -571,7 +687,10 @@ func (w *lineWriter) claim(p store.ClaimParams, finished []int64) ([]*store.Job,
 			if err != nil {
 				return nil, err
 			}
-			for rows.Next() {
+			// The statements have no LIMIT: SQLite re-prepares a statement
+			// whenever a bound LIMIT changes (~0.2 ms), and the slot count
+			// changes every cycle. Rows stream in index order; stop at n.
+			for got := 0; got < n && rows.Next(); got++ {
 				j, err := scanJob(rows, p.Now)
 				if err != nil {
 					rows.Close()

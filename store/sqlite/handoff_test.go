@@ -37,7 +37,7 @@ func TestHandOffSurvivesRestart(t *testing.T) {
 		t.Fatalf("first claim = %v, %v; want job %d", first, err, ins[0].Job.ID)
 	}
 	res, err := s.Exchange(ctx, store.ExchangeParams{Now: now, Claim: claim,
-		Finishes: []store.FinishParams{{ID: first[0].ID, Owner: "n1", Outcome: store.OutcomeCompleted}}})
+		Finishes: []store.FinishParams{{ID: first[0].ID, Owner: "n1", LeaseToken: first[0].LeaseToken, Outcome: store.OutcomeCompleted}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestHandOffYieldsToOlderWaitingHead(t *testing.T) {
 		t.Fatalf("first claim = %v, %v", got, err)
 	}
 	res, err := s.Exchange(ctx, store.ExchangeParams{Now: one.Now, Claim: one,
-		Finishes: []store.FinishParams{{ID: got[0].ID, Owner: "n1", Outcome: store.OutcomeCompleted}}})
+		Finishes: []store.FinishParams{{ID: got[0].ID, Owner: "n1", LeaseToken: got[0].LeaseToken, Outcome: store.OutcomeCompleted}}})
 	if err != nil {
 		t.Fatal(err)
 	}

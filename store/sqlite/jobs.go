@@ -45,7 +45,7 @@ func stateCode(s store.State) (int, bool) {
 // jobColumnsJ lists a job's columns on alias j; every query that scans a
 // job adds a last column telling whether it is at the head of its line.
 const jobColumnsJ = `j.id, j.kind, j.key, j.payload, j.state, j.attempt, j.max_attempts, j.run_at, j.due_at,
-	j.idempotency_key, j.errors, j.created_at, j.started_at, j.finished_at`
+	j.idempotency_key, j.errors, j.created_at, j.started_at, j.finished_at, j.output`
 
 // selectJob reads jobs with their head flag: an unordered job is its own
 // head until finalized; an ordered one is the head if its line says so.
@@ -64,14 +64,17 @@ func scanJob(row scanner, now time.Time) (*store.Job, error) {
 		runAt, dueAt, created int64
 		idem, errs            sql.NullString
 		started, finished     sql.NullInt64
-		payload               []byte
+		payload, output       []byte
 	)
 	err := row.Scan(&j.ID, &j.Kind, &j.Key, &payload, &state, &j.Attempt, &j.MaxAttempts,
-		&runAt, &dueAt, &idem, &errs, &created, &started, &finished, &head)
+		&runAt, &dueAt, &idem, &errs, &created, &started, &finished, &output, &head)
 	if err != nil {
 		return nil, err
 	}
 	j.Payload = payload
+	if output != nil {
+		j.Output = output
+	}
 	j.State = stateNames[state]
 	j.Head = head
 	j.RunAt = fromMicros(runAt)
@@ -157,11 +160,11 @@ func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error
 			return time.Time{}, err
 		}
 		for _, q := range []struct {
-			sql  string
+			st   *sql.Stmt
 			args []any
-		}{{nextLineRunSQL, []any{k}}, {nextUnorderedRunSQL, []any{k, string(idsJSON)}}} {
+		}{{s.nextLineRun, []any{k}}, {s.nextUnorderedRun, []any{k, string(idsJSON)}}} {
 			var v int64
-			err := s.reader.QueryRowContext(ctx, q.sql, q.args...).Scan(&v)
+			err := q.st.QueryRowContext(ctx, q.args...).Scan(&v)
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -413,6 +416,13 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 	}
 	var total int64
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		// The newest jobs may be about to go: remember the highest id so it
+		// is never handed out again (see Store.lastID).
+		if _, err := tx.ExecContext(ctx, `INSERT INTO herald_meta (name, value)
+			SELECT 'id_floor', max(id) FROM herald_jobs WHERE true
+			ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)`); err != nil {
+			return err
+		}
 		for _, q := range []struct {
 			sql string
 			at  time.Time

@@ -17,13 +17,15 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		args []any
 	}{
 		"complete":      {completeSQL, []any{`[[1, 2]]`, 5}},
-		"nextInLine":    {nextInLineSQL, []any{7, 5, 1}},
-		"dropLine":      {dropLineSQL, []any{7}},
-		"lineHead":      {lineHeadSQL, []any{7}},
+		"nextInLines":   {nextInLinesSQL, []any{`[[7, 5, 1]]`}},
+		"dropLines":     {dropLinesSQL, []any{`[7]`}},
+		"moveHeads":     {moveHeadsSQL, []any{`[[7, 1, "kind", 5]]`}},
+		"lineHeads":     {lineHeadsSQL, []any{`[7]`}},
+		"newLines":      {newLinesSQL, []any{`[[7, "k", 1, "kind", 5]]`}},
 		"moveHead":      {moveHeadSQL, []any{7, 1, "kind", 5}},
-		"claimLines":    {claimLinesSQL, []any{"kind", 5, 10}},
+		"claimLines":    {claimLinesSQL, []any{"kind", 5}},
 		"markRunning":   {markRunningSQL, []any{`[7]`}},
-		"claimUnord":    {claimUnorderedSQL, []any{"kind", 5, `[1]`, 10}},
+		"claimUnord":    {claimUnorderedSQL, []any{"kind", 5, `[1]`}},
 		"nextLine":      {nextLineRunSQL, []any{"kind"}},
 		"nextUnordered": {nextUnorderedRunSQL, []any{"kind", `[1]`}},
 		"retry":         {retrySQL, []any{1, 2, 3, 4, "m", "t"}},
@@ -48,8 +50,21 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		if len(plan) == 0 {
 			t.Fatalf("%s: empty plan", name)
 		}
+		// Scanning a statement's own inputs (json_each, or a CTE over it)
+		// is fine; scanning a table is not.
+		inputs := map[string]bool{}
 		for _, step := range plan {
-			if strings.HasPrefix(step, "SCAN ") && !strings.Contains(step, "VIRTUAL TABLE") {
+			if name, ok := strings.CutPrefix(step, "MATERIALIZE "); ok {
+				inputs["SCAN "+name] = true
+			}
+		}
+		for _, step := range plan {
+			// Claims read without LIMIT and stop early: a sort would
+			// read every ready row first.
+			if strings.Contains(step, "TEMP B-TREE") {
+				t.Errorf("%s sorts instead of reading in index order:\n%s", name, strings.Join(plan, "\n"))
+			}
+			if strings.HasPrefix(step, "SCAN ") && !strings.Contains(step, "VIRTUAL TABLE") && !inputs[step] {
 				t.Errorf("%s scans the table:\n%s", name, strings.Join(plan, "\n"))
 			}
 		}

@@ -45,6 +45,33 @@ type Store struct {
 	claims     claimTable
 
 	stmts map[string]*sql.Stmt // hot statements, prepared once on the writer
+	// nextLineRun and nextUnorderedRun are NextRunAt's statements,
+	// prepared once on the readers:
+	// an idle engine asks after every cycle.
+	nextLineRun, nextUnorderedRun *sql.Stmt
+
+	// lastID is the highest job id handed out. Ids are assigned here, not
+	// by SQLite, so a batch is written as multi-row inserts without
+	// reading ids back. Guarded by exchangeMu (all inserts run in Exchange).
+	lastID int64
+}
+
+// nextID hands out the next job id. Ids of a rolled-back transaction are
+// not reused; the gap is harmless.
+func (s *Store) nextID() int64 {
+	s.lastID++
+	return s.lastID
+}
+
+// loadLastID starts ids after the highest one on disk or ever pruned.
+func (s *Store) loadLastID(ctx context.Context) error {
+	err := s.writer.QueryRowContext(ctx, `SELECT max(
+		coalesce((SELECT max(id) FROM herald_jobs), 0),
+		coalesce((SELECT value FROM herald_meta WHERE name = 'id_floor'), 0))`).Scan(&s.lastID)
+	if err != nil {
+		return fmt.Errorf("sqlite: read last job id: %w", wrap(err))
+	}
+	return nil
 }
 
 // repairLines advances line rows left pointing at finished jobs: the
@@ -144,6 +171,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := s.migrate(ctx); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
+	if err := s.loadLastID(ctx); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
 	if err := s.prepareHot(ctx); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
@@ -160,6 +190,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	s.reader.SetMaxOpenConns(opts.Readers)
 	s.reader.SetMaxIdleConns(opts.Readers)
+	if s.nextLineRun, err = s.reader.PrepareContext(ctx, nextLineRunSQL); err != nil {
+		return nil, errors.Join(fmt.Errorf("sqlite: prepare: %w", err), s.Close())
+	}
+	if s.nextUnorderedRun, err = s.reader.PrepareContext(ctx, nextUnorderedRunSQL); err != nil {
+		return nil, errors.Join(fmt.Errorf("sqlite: prepare: %w", err), s.Close())
+	}
 	return s, nil
 }
 
@@ -168,6 +204,11 @@ func (s *Store) Close() error {
 	var errs []error
 	for _, st := range s.stmts {
 		errs = append(errs, st.Close())
+	}
+	for _, st := range []*sql.Stmt{s.nextLineRun, s.nextUnorderedRun} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
 	}
 	if s.reader != nil {
 		errs = append(errs, s.reader.Close())

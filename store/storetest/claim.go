@@ -364,6 +364,43 @@ func exerciseLeases(t *testing.T, setup func(t *testing.T) *bundle) {
 		}
 	})
 
+	t.Run("TokensFenceStaleClaims", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		job := b.insertOne(base, params(kindEmail, "k"))
+		first := b.claimWith(store.ClaimParams{Now: base, Owner: owner1, LeaseUntil: at(time.Second),
+			Limits: []store.KindLimit{{Kind: kindEmail, Max: 1}}, Max: 1})
+		if len(first) != 1 || first[0].LeaseToken == 0 {
+			t.Fatalf("first claim = %+v, want one job with a non-zero LeaseToken", first)
+		}
+		if got := b.get(job.ID); got.LeaseToken != first[0].LeaseToken {
+			t.Errorf("Get shows LeaseToken %d, want the claim's %d", got.LeaseToken, first[0].LeaseToken)
+		}
+		now := at(time.Minute)
+		if n, err := b.d.Rescue(t.Context(), store.RescueParams{Now: now, ExpiredBefore: now}); err != nil || n != 1 {
+			t.Fatalf("Rescue = %d, %v; want 1", n, err)
+		}
+		// The same node claims the job again: only the token tells the two
+		// claims apart.
+		second := b.claimWith(store.ClaimParams{Now: now, Owner: owner1, LeaseUntil: at(time.Hour),
+			Limits: []store.KindLimit{{Kind: kindEmail, Max: 1}}, Max: 1})
+		if len(second) != 1 || second[0].LeaseToken == first[0].LeaseToken {
+			t.Fatalf("second claim = %+v, want job %d with a new LeaseToken", second, job.ID)
+		}
+		stale := store.FinishParams{ID: job.ID, Owner: owner1, LeaseToken: first[0].LeaseToken, Outcome: store.OutcomeCompleted}
+		if res := b.finish(now, stale); !res[0].Fenced {
+			t.Fatal("finish under the first claim's token was not fenced")
+		}
+		res, err := b.raw.FinishMany(t.Context(), store.FinishManyParams{Now: now,
+			Finishes: []store.FinishParams{{ID: job.ID, Owner: owner1, Outcome: store.OutcomeCompleted}}})
+		if err != nil || len(res) != 1 || !res[0].Fenced {
+			t.Fatalf("finish without a token = %+v, %v; want fenced", res, err)
+		}
+		wantState(t, b.get(job.ID), store.StateRunning)
+		b.finishOK(now, store.FinishParams{ID: job.ID, Owner: owner1, LeaseToken: second[0].LeaseToken, Outcome: store.OutcomeCompleted})
+		wantState(t, b.get(job.ID), store.StateCompleted)
+	})
+
 	t.Run("ExpiredBeforeIsStrict", func(t *testing.T) {
 		t.Parallel()
 		tests := []struct {

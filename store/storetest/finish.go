@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -215,6 +216,48 @@ func exerciseFinishMany(t *testing.T, setup func(t *testing.T) *bundle) {
 		}
 	})
 
+	t.Run("Output", func(t *testing.T) {
+		t.Parallel()
+		outcomes := []struct {
+			name string
+			f    store.FinishParams
+		}{
+			{"Completed", store.FinishParams{Outcome: store.OutcomeCompleted}},
+			{"Retry", store.FinishParams{Outcome: store.OutcomeRetry, Error: "x", RetryAt: at(time.Second)}},
+			{"Discard", store.FinishParams{Outcome: store.OutcomeDiscard, Error: "x"}},
+			{"Release", store.FinishParams{Outcome: store.OutcomeRelease}},
+		}
+		for _, o := range outcomes {
+			t.Run(o.name, func(t *testing.T) {
+				t.Parallel()
+				b := setup(t)
+				job := b.insertOne(base, params(kindEmail, "k"))
+				if got := b.get(job.ID).Output; got != nil {
+					t.Fatalf("fresh job has Output %s, want nil", got)
+				}
+				claimed := b.claimOne(base)
+				f := o.f
+				f.ID, f.Owner = claimed.ID, owner1
+				f.Output = json.RawMessage(`{"accepted":["a@example.com"]}`)
+				b.finishOK(at(time.Second), f)
+				if got := b.get(job.ID).Output; !jsonEqual(got, f.Output) {
+					t.Fatalf("Output after %s = %s, want %s", o.name, got, f.Output)
+				}
+				if o.f.Outcome == store.OutcomeRetry || o.f.Outcome == store.OutcomeRelease {
+					// The next attempt sees it, and a finish without output keeps it.
+					again := b.claimOne(at(2 * time.Second))
+					if !jsonEqual(again.Output, f.Output) {
+						t.Fatalf("next attempt's Output = %s, want %s", again.Output, f.Output)
+					}
+					b.complete(at(3*time.Second), again)
+					if got := b.get(job.ID).Output; !jsonEqual(got, f.Output) {
+						t.Fatalf("Output after a finish without output = %s, want %s", got, f.Output)
+					}
+				}
+			})
+		}
+	})
+
 	t.Run("BatchOfOutcomes", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
@@ -263,3 +306,16 @@ func exerciseFinishMany(t *testing.T, setup func(t *testing.T) *bundle) {
 // timeEqual compares times as instants, ignoring location and monotonic
 // readings.
 var timeEqual = cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })
+
+// jsonEqual compares JSON documents by value, since a driver may store JSON
+// in a normalized form (PostgreSQL's jsonb reorders keys and whitespace).
+func jsonEqual(a, b json.RawMessage) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return cmp.Equal(x, y)
+}

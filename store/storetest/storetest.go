@@ -33,7 +33,7 @@ func Exercise(t *testing.T, newDriver func(t *testing.T) store.Driver) {
 		if d == nil {
 			t.Fatal("newDriver returned nil")
 		}
-		return &bundle{t: t, d: d}
+		return &bundle{t: t, d: newTokenDriver(d), raw: d}
 	}
 	groups := []struct {
 		name string
@@ -82,13 +82,16 @@ const (
 // fail the test on unexpected errors.
 type bundle struct {
 	t *testing.T
+	// d fills in lease tokens of finishes that carry none (tokenDriver).
 	d store.Driver
+	// raw is the driver under test, unwrapped.
+	raw store.Driver
 }
 
 // with is b for a subtest t of b's test.
 func (b *bundle) with(t *testing.T) *bundle {
 	t.Helper()
-	return &bundle{t: t, d: b.d}
+	return &bundle{t: t, d: b.d, raw: b.raw}
 }
 
 // params is an ordinary job of kind on key, due now.

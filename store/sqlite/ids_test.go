@@ -1,0 +1,78 @@
+package sqlite
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/heraldmq/herald/store"
+)
+
+// Ids are assigned in memory from what is on disk; pruning the newest jobs
+// and reopening must not hand their ids out again (a client may still hold
+// them).
+func TestIDsNotReusedAfterPruneAndReopen(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "herald.db")
+	now := time.Now()
+	open := func() *Store {
+		s, err := Open(ctx, path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	insert := func(s *Store, n int) []int64 {
+		ps := make([]store.InsertParams, n)
+		for i := range ps {
+			ps[i] = store.InsertParams{Kind: "k", Payload: json.RawMessage(`{}`), MaxAttempts: 1}
+		}
+		res, err := s.InsertMany(ctx, store.InsertManyParams{Jobs: ps, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := make([]int64, n)
+		for i, r := range res {
+			ids[i] = r.Job.ID
+		}
+		return ids
+	}
+	s := open()
+	first := insert(s, 100) // 64 + 8*4 + 1*4 rows: every chunk size
+	for i := 1; i < len(first); i++ {
+		if first[i] != first[i-1]+1 {
+			t.Fatalf("ids of one batch are not consecutive: %v", first)
+		}
+	}
+	claimed, err := s.Claim(ctx, store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
+		Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
+	if err != nil || len(claimed) != len(first) {
+		t.Fatalf("Claim = %d jobs, %v; want %d", len(claimed), err, len(first))
+	}
+	fs := make([]store.FinishParams, len(claimed))
+	for i, j := range claimed {
+		fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+	}
+	if _, err := s.FinishMany(ctx, store.FinishManyParams{Now: now, Finishes: fs}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Prune(ctx, store.PruneParams{CompletedBefore: now.Add(time.Hour), Limit: 1000})
+	if err != nil || n != len(first) {
+		t.Fatalf("Prune = %d, %v; want %d", n, err, len(first))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open()
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	if again := insert(s, 1)[0]; again <= first[len(first)-1] {
+		t.Fatalf("after pruning every job and reopening, new id %d reuses an old one (last was %d)", again, first[len(first)-1])
+	}
+}
