@@ -44,6 +44,14 @@ type Config struct {
 	// ShutdownTimeout is how long a stopping server lets running jobs
 	// finish before it gives them back to the queue. Defaults to 30s.
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
+	// LeaseDuration is how long a claim stays valid without renewal; a
+	// node that stalls longer loses its jobs to the others. Short leases
+	// (a few seconds) suit fault tests. Defaults to 0: the library's 15s.
+	LeaseDuration time.Duration `koanf:"lease_duration,omitempty"`
+	// PollInterval is the longest an idle node sleeps before looking for
+	// work other nodes added or that came due. Defaults to 0: the
+	// library's 1s.
+	PollInterval time.Duration `koanf:"poll_interval,omitempty"`
 	// MaxPayloadBytes caps one job's payload. Defaults to 1 MiB.
 	MaxPayloadBytes int `koanf:"max_payload_bytes"`
 	// MaxRequestBytes caps an HTTP request body, which bounds a batch.
@@ -204,6 +212,8 @@ func (c Config) ClientConfig() herald.Config {
 		Workers:         c.Workers,
 		NodeName:        c.NodeName,
 		MaxPayloadBytes: c.MaxPayloadBytes,
+		LeaseDuration:   c.LeaseDuration,
+		PollInterval:    c.PollInterval,
 	}
 }
 
