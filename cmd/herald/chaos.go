@@ -76,6 +76,7 @@ logs, data) for inspection. See docs/reliability.md.`,
 	f.IntVar(&cfg.Cycles, "cycles", 10, "fault cycles")
 	f.IntVar(&cfg.Events, "events", 0, "enqueue requests over all cycles (default 500 per cycle)")
 	f.IntVar(&cfg.LatencyEvents, "latency-events", 0, "requests in each latency phase, fault-free and with the poison key (default 2000; -1 skips)")
+	f.Float64Var(&cfg.LatencyRate, "latency-rate", 0, "requests per second in the latency phases (default 400)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 0, "concurrent enqueue clients (default 16)")
 	f.IntVar(&cfg.Keys, "keys", 0, "ordinary keys, Zipf-distributed (default 500)")
 	f.StringSliceVar(&faults, "faults", nil, "fault kinds to draw from, repeat for weight: kill, term, stop, sink, pgrestart (default mostly kill)")

@@ -80,6 +80,11 @@ type Config struct {
 	// phases (fault-free, then with the poison key) that run before the
 	// cycles; negative skips them. Defaults to 2000.
 	LatencyEvents int
+	// LatencyRate is the request rate (per second) of the latency phases:
+	// an open loop below saturation, so that the p99 measures the queue,
+	// not the backlog a closed loop builds on the hottest keys.
+	// Defaults to 400.
+	LatencyRate float64
 	// Concurrency is the number of concurrent enqueue clients.
 	// Defaults to 16.
 	Concurrency int
@@ -131,6 +136,7 @@ func (c Config) WithDefaults() Config {
 	c.Cycles = cmp.Or(c.Cycles, 10)
 	c.Events = cmp.Or(c.Events, 500*c.Cycles)
 	c.LatencyEvents = cmp.Or(c.LatencyEvents, 2000)
+	c.LatencyRate = cmp.Or(c.LatencyRate, 400)
 	c.Concurrency = cmp.Or(c.Concurrency, 16)
 	c.Keys = cmp.Or(c.Keys, 500)
 	c.ZipfS = cmp.Or(c.ZipfS, 1.1)
@@ -381,24 +387,27 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 
 	var res Result
 	// Latency phases: no process faults and no random sink failures, so
-	// the only difference between them is the poison key.
+	// the only difference between them is the poison key. They alternate
+	// (baseline, poison, baseline, poison) so that a slow spell of a
+	// shared machine does not land on one of them only.
 	if cfg.LatencyEvents > 0 {
-		if err := h.setSinkFaults(ctx, Faults{SlowKey: slowKey, SlowDelay: cfg.SlowDelay}); err != nil {
-			return res, err
-		}
-		h.log.Info("phase: fault-free baseline", "events", cfg.LatencyEvents)
-		h.wl.run(ctx, int64(cfg.LatencyEvents), cfg.Concurrency, "baseline")
-		if err := h.drain(ctx); err != nil {
-			return res, err
-		}
-		if err := h.setSinkFaults(ctx, Faults{PoisonKey: poisonKey, SlowKey: slowKey, SlowDelay: cfg.SlowDelay}); err != nil {
-			return res, err
-		}
-		h.wl.poison.Store(true)
-		h.log.Info("phase: with poison key", "events", cfg.LatencyEvents)
-		h.wl.run(ctx, int64(cfg.LatencyEvents), cfg.Concurrency, "poison")
-		if err := h.drain(ctx); err != nil {
-			return res, err
+		const rounds = 2
+		for round := range rounds {
+			for _, withPoison := range []bool{false, true} {
+				f, phase := Faults{SlowKey: slowKey, SlowDelay: cfg.SlowDelay}, "baseline"
+				if withPoison {
+					f.PoisonKey, phase = poisonKey, "poison"
+				}
+				if err := h.setSinkFaults(ctx, f); err != nil {
+					return res, err
+				}
+				h.wl.poison.Store(withPoison)
+				h.log.Info("latency phase", "phase", phase, "round", round+1, "events", cfg.LatencyEvents/rounds)
+				h.wl.run(ctx, int64(cfg.LatencyEvents/rounds), cfg.Concurrency, cfg.LatencyRate, phase)
+				if err := h.drain(ctx); err != nil {
+					return res, err
+				}
+			}
 		}
 	}
 
@@ -466,7 +475,7 @@ func (h *harness) cycle(ctx context.Context, c int, perCycle int64) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.wl.run(ctx, perCycle, h.cfg.Concurrency, fmt.Sprintf("cycle%d", c+1))
+		h.wl.run(ctx, perCycle, h.cfg.Concurrency, 0, fmt.Sprintf("cycle%d", c+1))
 	}()
 	for _, p := range points {
 		for h.wl.sent.Load()-start < p {
@@ -785,6 +794,13 @@ func (h *harness) judge(res Result) (Result, error) {
 	}
 	res.PoisonJobs = len(wl.poisonJobs)
 	var base, poison []time.Duration
+	var csv strings.Builder // per-job latencies of the latency phases, for reading a run
+	csv.WriteString("uid,key,seq,phase,sent_unix_nanos,latency_us\n")
+	defer func() {
+		if err := os.WriteFile(filepath.Join(h.dir, "latency.csv"), []byte(csv.String()), 0o600); err != nil {
+			h.log.Warn("write latency.csv", "err", err)
+		}
+	}()
 	for _, a := range wl.acks {
 		if wl.poisonUIDs[a.ID] {
 			continue
@@ -797,6 +813,9 @@ func (h *harness) judge(res Result) (Result, error) {
 			continue
 		}
 		d := max(0, end.Sub(wl.sentAt[a.ID]))
+		if p := wl.phaseOf[a.ID]; p == "baseline" || p == "poison" {
+			fmt.Fprintf(&csv, "%d,%s,%d,%s,%d,%d\n", a.ID, a.Key, a.Seq, p, wl.sentAt[a.ID].UnixNano(), d.Microseconds())
+		}
 		switch wl.phaseOf[a.ID] {
 		case "baseline":
 			base = append(base, d)

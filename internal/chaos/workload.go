@@ -83,24 +83,41 @@ func newWorkload(nodes []*process, keys int, zipfS, zipfV float64, seed uint64, 
 func (w *workload) pick() int {
 	w.rndMu.Lock()
 	defer w.rndMu.Unlock()
-	if w.poison.Load() {
-		if r := w.rnd.Float64(); r < w.special/2 {
-			return len(w.keys) - 2
-		} else if r < w.special {
-			return len(w.keys) - 1
-		}
+	// The slow key is always in the mix, the poison key only while set:
+	// the latency phases then differ by the poison key alone.
+	switch r := w.rnd.Float64(); {
+	case r < w.special/2:
+		return len(w.keys) - 1
+	case r < w.special && w.poison.Load():
+		return len(w.keys) - 2
 	}
 	return int(w.zipf.Uint64()) //nolint:gosec // below len(keys)
 }
 
-// run sends n requests with conc concurrent clients, then returns.
-func (w *workload) run(ctx context.Context, n int64, conc int, phase string) {
+// run sends n requests with conc concurrent clients, then returns. With
+// rate > 0 the requests start at that many per second (an open loop, so
+// that latency is measured below saturation); otherwise as fast as the
+// clients go.
+func (w *workload) run(ctx context.Context, n int64, conc int, rate float64, phase string) {
 	w.phase.Store(&phase)
 	w.quota.Store(w.sent.Load() + n)
+	var tick <-chan time.Time
+	if rate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / rate))
+		defer t.Stop()
+		tick = t.C
+	}
 	var wg sync.WaitGroup
 	for range conc {
 		wg.Go(func() {
 			for ctx.Err() == nil {
+				if tick != nil {
+					select {
+					case <-tick:
+					case <-ctx.Done():
+						return
+					}
+				}
 				if w.sent.Add(1) > w.quota.Load() {
 					w.sent.Add(-1)
 					return
