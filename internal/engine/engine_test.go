@@ -180,3 +180,47 @@ func TestNotStarted(t *testing.T) {
 		t.Error("Pause of an unknown kind succeeded")
 	}
 }
+
+// A worker that starts after its job's lease ended (the process stalled
+// between claim and start) must not run the handler: the job may already
+// run elsewhere. It hands the job back with a release instead.
+func TestWorkChecksLeaseBeforeStart(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name       string
+		leaseUntil time.Time
+		wantRun    bool
+		want       store.Outcome
+	}{
+		{"LeaseHeld", now.Add(time.Second), true, store.OutcomeCompleted},
+		{"LeaseEndsNow", now, false, store.OutcomeRelease},
+		{"LeaseEnded", now.Add(-time.Second), false, store.OutcomeRelease},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ran := false
+			e, err := New(Config{Store: nopStore{}, Clock: clock.NewFake(now), Owner: "node-a",
+				Kinds: map[string]Kind{"k": {Handler: func(context.Context, *store.Job) error {
+					ran = true
+					return nil
+				}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.workers.Add(1)
+			e.work(e.kinds["k"], &store.Job{ID: 7, Kind: "k", LeaseToken: 3, Attempt: 1, MaxAttempts: 3}, tt.leaseUntil)
+			f := <-e.finish
+			if ran != tt.wantRun {
+				t.Errorf("handler ran = %v, want %v", ran, tt.wantRun)
+			}
+			if f.Outcome != tt.want || f.ID != 7 || f.LeaseToken != 3 || f.Owner != "node-a" {
+				t.Errorf("finish = %+v, want outcome %d for job 7 under node-a's token 3", f.FinishParams, tt.want)
+			}
+			if got := e.metrics.LeaseExpiredBeforeStart.Load(); (got == 1) == tt.wantRun {
+				t.Errorf("LeaseExpiredBeforeStart = %d", got)
+			}
+		})
+	}
+}
