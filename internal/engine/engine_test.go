@@ -224,3 +224,42 @@ func TestWorkChecksLeaseBeforeStart(t *testing.T) {
 		})
 	}
 }
+
+// Renewals extend a claim only while their chain is unbroken: after a
+// stall past the lease, a late renewal must not revive older claims.
+func TestLeasesHeld(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	const d = 3 * time.Second
+	tests := []struct {
+		name     string
+		renewals []float64 // start times of successful renewals
+		claimEnd float64
+		now      float64
+		want     bool
+	}{
+		{"WithinOwnLease", nil, 3, 2.9, true},
+		{"OwnLeaseEnded", nil, 3, 3, false},
+		{"RenewedInTime", []float64{1, 2}, 3, 4.5, true},
+		{"RenewalRanOut", []float64{1, 2}, 3, 5, false},
+		{"StalledThenLateRenewal", []float64{1, 6}, 3, 6.5, false},
+		{"ClaimAfterLateRenewalChain", []float64{1, 6}, 8, 8.5, true},
+		{"ClaimRenewedByNewChain", []float64{1, 6, 7}, 7.5, 9, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var l leases
+			for _, r := range tt.renewals {
+				l.renewed(at(r), d)
+			}
+			if got := l.held(at(tt.claimEnd), at(tt.now)); got != tt.want {
+				t.Errorf("held(claim ends %vs, now %vs) after renewals %v = %v, want %v", tt.claimEnd, tt.now, tt.renewals, got, tt.want)
+			}
+		})
+	}
+	if !LeaseHeld(context.Background()) {
+		t.Error("LeaseHeld outside an attempt = false, want true")
+	}
+}

@@ -338,7 +338,7 @@ func (e *Engine) work(k *kindState, j *store.Job, leaseUntil time.Time) {
 	// job may have been rescued and run elsewhere, maybe with its key's
 	// next jobs after it. Starting it now would overlap or reorder them,
 	// so it is handed back instead (fenced off if another node holds it).
-	if !e.clk.Now().Before(leaseUntil) {
+	if !e.leases.held(leaseUntil, e.clk.Now()) {
 		e.metrics.LeaseExpiredBeforeStart.Add(1)
 		e.log.Warn("job not started: its lease ended before a worker picked it up", "job_id", j.ID)
 		e.finish <- finishRequest{FinishParams: store.FinishParams{ID: j.ID, Owner: e.cfg.Owner,
@@ -354,6 +354,7 @@ func (e *Engine) work(k *kindState, j *store.Job, leaseUntil time.Time) {
 	}
 	rec := &outputRecorder{}
 	ctx = context.WithValue(ctx, outputKey{}, rec)
+	ctx = context.WithValue(ctx, leaseKey{}, func() bool { return e.leases.held(leaseUntil, e.clk.Now()) })
 	start := time.Now()
 	err := call(ctx, k.Handler, j)
 	cause := context.Cause(ctx)
@@ -446,8 +447,12 @@ func (e *Engine) maintainLoop() {
 		now := e.clk.Now()
 		ctx := e.rootCtx
 		if !now.Before(nextRenew) {
-			if err := e.drv.RenewLeases(ctx, e.cfg.Owner, now.Add(e.cfg.LeaseDuration)); err != nil && ctx.Err() == nil {
-				e.log.Error("renew leases failed", "err", err)
+			if err := e.drv.RenewLeases(ctx, e.cfg.Owner, now.Add(e.cfg.LeaseDuration)); err != nil {
+				if ctx.Err() == nil {
+					e.log.Error("renew leases failed", "err", err)
+				}
+			} else {
+				e.leases.renewed(now, e.cfg.LeaseDuration)
 			}
 			nextRenew = now.Add(renewEvery)
 		}
