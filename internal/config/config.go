@@ -51,6 +51,10 @@ type Config struct {
 	// ShutdownTimeout is how long a stopping server lets running jobs
 	// finish before it gives them back to the queue. Defaults to 30s.
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
+	// PollInterval is the longest an idle node sleeps before looking for
+	// work other nodes added or that came due. Defaults to 0: the
+	// library's 1s.
+	PollInterval time.Duration `koanf:"poll_interval,omitempty"`
 	// MaxPayloadBytes caps one job's payload. Defaults to 1 MiB.
 	MaxPayloadBytes int `koanf:"max_payload_bytes"`
 	// MaxRequestBytes caps an HTTP request body, which bounds a batch.
@@ -213,6 +217,7 @@ func (c Config) ClientConfig() herald.Config {
 		NodeName:        c.NodeName,
 		LeaseDuration:   c.Lease,
 		MaxPayloadBytes: c.MaxPayloadBytes,
+		PollInterval:    c.PollInterval,
 	}
 }
 

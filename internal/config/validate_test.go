@@ -44,6 +44,9 @@ func TestValidate(t *testing.T) {
 		want   string // "" means valid
 	}{
 		{"defaults", func(*config.Config) {}, ""},
+		{"short lease", func(c *config.Config) { c.Lease = 2 * time.Second; c.PollInterval = 50 * time.Millisecond }, ""},
+
+		{"negative poll interval", func(c *config.Config) { c.PollInterval = -time.Second }, "poll_interval: must not be negative, got -1s"},
 		{"listen not host:port", func(c *config.Config) { c.Listen = "8080" }, "listen: must be host:port"},
 		{"listen bad port", func(c *config.Config) { c.Listen = "127.0.0.1:http" }, "listen: port must be a number"},
 		{"listen port out of range", func(c *config.Config) { c.Listen = "127.0.0.1:70000" }, "listen: port must be a number"},

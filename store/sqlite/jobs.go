@@ -433,9 +433,10 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 	var total int64
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		// The newest jobs may be about to go: remember the highest id so it
-		// is never handed out again (see Store.lastID).
+		// is never handed out again (see Store.lastID). No row when the
+		// table is empty: max(id) would be NULL.
 		if _, err := tx.ExecContext(ctx, `INSERT INTO herald_meta (name, value)
-			SELECT 'id_floor', max(id) FROM herald_jobs WHERE true
+			SELECT 'id_floor', id FROM herald_jobs WHERE id = (SELECT max(id) FROM herald_jobs)
 			ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)`); err != nil {
 			return err
 		}
