@@ -81,7 +81,7 @@ logs, data) for inspection. See docs/reliability.md.`,
 	f.IntVar(&cfg.Keys, "keys", 0, "ordinary keys, Zipf-distributed (default 500)")
 	f.StringSliceVar(&faults, "faults", nil, "fault kinds to draw from, repeat for weight: kill, term, stop, sink, pgrestart (default mostly kill)")
 	f.IntVar(&cfg.FaultsPerCycle, "faults-per-cycle", 0, "most faults per cycle (default 2)")
-	f.DurationVar(&cfg.Lease, "lease", 0, "nodes' lease_duration (default 2s with a shared store)")
+	f.DurationVar(&cfg.Lease, "lease", 0, "nodes' lease (default 2s with a shared store)")
 	f.Float64Var(&cfg.FailRate, "fail-rate", 0, "share of deliveries the sink answers 500 during the cycles (default 0.02)")
 	f.Float64Var(&cfg.TimeoutRate, "timeout-rate", 0, "share of deliveries the sink holds until herald times out (default 0.002)")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "bound on each drain (default 2m)")

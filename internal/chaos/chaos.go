@@ -103,7 +103,7 @@ type Config struct {
 	// FaultsPerCycle is the most faults one cycle injects; each cycle
 	// draws 1..FaultsPerCycle. Defaults to 2.
 	FaultsPerCycle int
-	// Lease is the nodes' lease_duration; a stopped node is held frozen
+	// Lease is the nodes' lease; a stopped node is held frozen
 	// for Lease plus a second. Defaults to 2s with a shared store, else 0
 	// (herald's default; one SQLite node needs no lease to recover).
 	Lease time.Duration
@@ -583,7 +583,7 @@ func (h *harness) newNode(ctx context.Context, i int) (*process, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "node_name: %s\nworkers: 256\nshutdown_timeout: 2s\npoll_interval: 100ms\nlog:\n  level: warn\n  format: json\n", name)
 	if h.cfg.Lease > 0 {
-		fmt.Fprintf(&b, "lease_duration: %s\n", h.cfg.Lease)
+		fmt.Fprintf(&b, "lease: %s\n", h.cfg.Lease)
 	}
 	// Backoff starts at 100ms so that a retry never starts before the sink
 	// noticed the previous attempt's connection close.

@@ -116,6 +116,7 @@ type Engine struct {
 
 	metrics Metrics
 	stats   atomic.Pointer[store.Stats]
+	leases  leases
 }
 
 type kindState struct {
