@@ -94,8 +94,9 @@ type Config struct {
 	Keys  int
 	ZipfS float64
 	ZipfV float64
-	// Faults are the fault kinds drawn for the cycles, with repetition for
-	// weight. Kinds a single node cannot meaningfully take (stop,
+	// Faults are the fault kinds dealt to the cycles from a shuffled deck,
+	// with repetition for weight: every len(Faults) faults injected include
+	// each listed kind. Kinds a single node cannot meaningfully take (stop,
 	// pgrestart) are dropped without a shared store. Defaults to mostly
 	// kills, with term and sink restarts, plus stop and pgrestart when
 	// multi-node.
@@ -211,6 +212,11 @@ type Result struct {
 	// indeterminate (the answer was lost).
 	Sent, Acked, Refused, Rejected, Indeterminate int
 	RejectCodes                                   map[string]int
+	// AmbiguousUnavailable counts 503 store_unavailable answers on
+	// PostgreSQL (indeterminate: the connection may have broken during
+	// COMMIT), AmbiguousStored those of them whose job was delivered
+	// anyway: the answer was "not now", yet the job had been stored.
+	AmbiguousUnavailable, AmbiguousStored int
 
 	Cycles int
 	Faults map[string]int // injected, by kind
@@ -280,6 +286,17 @@ func (r Result) Summary() string {
 	slices.Sort(kinds)
 	fmt.Fprintf(&b, "faults: %s\n", strings.Join(kinds, " "))
 	fmt.Fprintf(&b, "requests: sent=%d acked=%d refused=%d rejected=%d indeterminate=%d\n", r.Sent, r.Acked, r.Refused, r.Rejected, r.Indeterminate)
+	if len(r.RejectCodes) > 0 {
+		codes := make([]string, 0, len(r.RejectCodes))
+		for c, n := range r.RejectCodes {
+			codes = append(codes, fmt.Sprintf("%s: %d", c, n))
+		}
+		slices.Sort(codes)
+		fmt.Fprintf(&b, "rejections: %s\n", strings.Join(codes, ", "))
+	}
+	if r.AmbiguousUnavailable > 0 {
+		fmt.Fprintf(&b, "503 store_unavailable on PostgreSQL (indeterminate): %d, of which delivered anyway: %d\n", r.AmbiguousUnavailable, r.AmbiguousStored)
+	}
 	fmt.Fprintf(&b, "history: %s\n", r.Report)
 	fmt.Fprintf(&b, "duplicate rate: %.3f%% (%d recovered, %d unexplained)\n", 100*r.DuplicateRate, r.Report.RecoveredDuplicates, r.Report.UnexplainedDuplicates)
 	fmt.Fprintf(&b, "poison: %d jobs, %d discarded after max_attempts=%d\n", r.PoisonJobs, r.PoisonDeadLettered, poisonMaxAttempts)
@@ -307,7 +324,8 @@ type harness struct {
 	faults   []history.Fault
 	// faultKinds[i] is the kind of faults[i].
 	faultKinds []string
-	sinkFaults Faults // the sink's current faults
+	sinkFaults Faults   // the sink's current faults
+	deck       []string // faults still to deal (see drawFault)
 	counts     map[string]int
 	wl         *workload
 }
@@ -353,11 +371,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 func (h *harness) run(ctx context.Context) (Result, error) {
 	cfg := h.cfg
 	if cfg.Postgres {
-		pg, err := newPostgres(ctx, filepath.Join(h.dir, "pg"))
+		pg, err := newPostgres(ctx)
 		if err != nil {
 			return Result{}, err
 		}
 		h.pg = pg
+		h.log.Info("private PostgreSQL", "dir", pg.base, "log", pg.logf)
 		if err := pg.start(ctx); err != nil {
 			return Result{}, err
 		}
@@ -383,6 +402,8 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 		}
 	}
 	h.wl = newWorkload(h.nodes, cfg.Keys, cfg.ZipfS, cfg.ZipfV, cfg.Seed, "chaos")
+	h.wl.networkStore = h.cfg.Store != ""
+
 	defer h.wl.client.CloseIdleConnections()
 
 	var res Result
@@ -413,7 +434,8 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 
 	// Fault cycles.
 	h.wl.poison.Store(true)
-	chaosFaults := Faults{PoisonKey: poisonKey, SlowKey: slowKey, SlowDelay: cfg.SlowDelay, FailRate: cfg.FailRate, TimeoutRate: cfg.TimeoutRate}
+	chaosFaults := Faults{PoisonKey: poisonKey, SlowKey: slowKey, SlowDelay: cfg.SlowDelay, FailRate: cfg.FailRate,
+		TimeoutRate: cfg.TimeoutRate, TimeoutHold: cfg.WebhookTimeout + 100*time.Millisecond}
 	if err := h.setSinkFaults(ctx, chaosFaults); err != nil {
 		return res, err
 	}
@@ -492,8 +514,7 @@ func (h *harness) cycle(ctx context.Context, c int, perCycle int64) error {
 				break
 			}
 		}
-		f := h.cfg.Faults[h.rnd.IntN(len(h.cfg.Faults))]
-		if err := h.inject(ctx, f); err != nil {
+		if err := h.inject(ctx, h.drawFault()); err != nil {
 			<-done
 			return err
 		}
@@ -501,6 +522,19 @@ func (h *harness) cycle(ctx context.Context, c int, perCycle int64) error {
 	<-done
 	h.log.Info("cycle done", "cycle", c+1, "faults", n, "sent", h.wl.sent.Load())
 	return nil
+}
+
+// drawFault deals the next fault from a shuffled deck of Config.Faults,
+// reshuffled when empty: over len(Faults) draws every listed kind comes up
+// once (and in proportion to its repeats), however the seed falls.
+func (h *harness) drawFault() string {
+	if len(h.deck) == 0 {
+		h.deck = slices.Clone(h.cfg.Faults)
+		h.rnd.Shuffle(len(h.deck), func(i, j int) { h.deck[i], h.deck[j] = h.deck[j], h.deck[i] })
+	}
+	f := h.deck[len(h.deck)-1]
+	h.deck = h.deck[:len(h.deck)-1]
+	return f
 }
 
 // inject applies one fault and brings the victim back.
@@ -676,13 +710,36 @@ func (h *harness) drain(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not drained after %s: %d jobs left (stats: %w)", h.cfg.DrainTimeout, left, err)
+			h.dumpUndrained(ctx)
+			return fmt.Errorf("not drained after %s: %d jobs left (stats: %w; see undrained.json)", h.cfg.DrainTimeout, left, err)
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
+}
+
+// dumpUndrained saves what the first node says about the jobs still
+// waiting, for reading a run that did not drain.
+func (h *harness) dumpUndrained(ctx context.Context) {
+	var b bytes.Buffer
+	for _, path := range []string{"/v1/stats", "/v1/jobs?state=running&limit=20", "/v1/jobs?state=available&limit=20",
+		"/v1/jobs?state=retryable&limit=20", "/v1/jobs?state=scheduled&limit=20"} {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.nodes[0].addr+path, nil)
+		if err != nil {
+			continue
+		}
+		resp, err := h.wl.client.Do(req)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", path, err)
+			continue
+		}
+		fmt.Fprintf(&b, "%s:\n", path)
+		_, _ = b.ReadFrom(resp.Body)
+		_ = resp.Body.Close()
+	}
+	_ = os.WriteFile(filepath.Join(h.dir, "undrained.json"), b.Bytes(), 0o600)
 }
 
 func (h *harness) backlog(ctx context.Context) (int64, error) {
@@ -747,6 +804,11 @@ func (h *harness) cleanup() {
 	}
 	if h.pg != nil {
 		_ = h.pg.stop(context.Background(), "immediate")
+		// Keep its log beside the others before the cluster goes.
+		if b, err := os.ReadFile(h.pg.logf); err == nil {
+			_ = os.WriteFile(filepath.Join(h.dir, "postgres.log"), b, 0o600)
+		}
+		_ = h.pg.remove()
 		h.pg = nil
 	}
 }
@@ -823,6 +885,14 @@ func (h *harness) judge(res Result) (Result, error) {
 			poison = append(poison, d)
 		}
 	}
+	res.AmbiguousUnavailable = len(wl.ambiguous)
+	stored := map[int64]bool{}
+	for _, r := range recs {
+		if wl.ambiguous[r.ID] && r.Outcome == history.Succeeded {
+			stored[r.ID] = true
+		}
+	}
+	res.AmbiguousStored = len(stored)
 	res.Baseline, res.WithPoison = latencyOf(base), latencyOf(poison)
 	return res, nil
 }

@@ -22,6 +22,7 @@ var ErrNoPostgres = errors.New("chaos: PostgreSQL server binaries (initdb, pg_ct
 // started with initdb/pg_ctl. The harness restarts it as a fault; it never
 // touches the machine's shared server.
 type postgres struct {
+	base   string // temporary directory holding all of it
 	bin    string // directory holding initdb and pg_ctl
 	dir    string // data directory
 	sock   string // unix socket directory
@@ -49,13 +50,20 @@ func findPostgresBin() (string, error) {
 	return "", ErrNoPostgres
 }
 
-// newPostgres creates (initdb) a cluster under dir; start runs it.
-func newPostgres(ctx context.Context, dir string) (*postgres, error) {
+// newPostgres creates (initdb) a cluster in a new temporary directory;
+// start runs it, remove deletes it. Not under the harness's directory:
+// when running as root the server runs as another user, who must be able
+// to reach it, and the harness's directory may sit below private ones.
+func newPostgres(ctx context.Context) (*postgres, error) {
 	bin, err := findPostgresBin()
 	if err != nil {
 		return nil, err
 	}
-	pg := &postgres{bin: bin, dir: filepath.Join(dir, "pgdata"), sock: filepath.Join(dir, "pgsock"), logf: filepath.Join(dir, "postgres.log")}
+	dir, err := os.MkdirTemp("", "herald-chaos-pg-")
+	if err != nil {
+		return nil, err
+	}
+	pg := &postgres{base: dir, bin: bin, dir: filepath.Join(dir, "pgdata"), sock: filepath.Join(dir, "pgsock"), logf: filepath.Join(dir, "postgres.log")}
 	if os.Geteuid() == 0 {
 		pg.runAs = "postgres"
 	}
@@ -127,3 +135,6 @@ func (pg *postgres) stop(ctx context.Context, mode string) error {
 	}
 	return nil
 }
+
+// remove deletes the cluster's directory; stop it first.
+func (pg *postgres) remove() error { return os.RemoveAll(pg.base) }

@@ -55,6 +55,10 @@ type workload struct {
 	poisonUIDs    map[int64]bool
 	poisonJobs    map[int64]int64 // acked poison uid -> herald job id
 	rejectCodes   map[string]int
+	// networkStore: the store is PostgreSQL, so store_unavailable answers
+	// are indeterminate; ambiguous holds their uids.
+	networkStore bool
+	ambiguous    map[int64]bool
 }
 
 func newWorkload(nodes []*process, keys int, zipfS, zipfV float64, seed uint64, kind string) *workload {
@@ -68,7 +72,7 @@ func newWorkload(nodes []*process, keys int, zipfS, zipfV float64, seed uint64, 
 		rnd: rnd, zipf: rand.NewZipf(rnd, zipfS, zipfV, uint64(keys-1)), //nolint:gosec // keys ≥ 2 (validated),
 		special:       0.01,
 		indeterminate: map[int64]bool{}, sentAt: map[int64]time.Time{}, phaseOf: map[int64]string{},
-		poisonUIDs: map[int64]bool{}, poisonJobs: map[int64]int64{}, rejectCodes: map[string]int{},
+		poisonUIDs: map[int64]bool{}, poisonJobs: map[int64]int64{}, rejectCodes: map[string]int{}, ambiguous: map[int64]bool{},
 	}
 	for i := range keys {
 		w.keys[i] = fmt.Sprintf("k%d", i)
@@ -165,24 +169,32 @@ func (w *workload) one(ctx context.Context, k int) bool {
 		return true
 	case err != nil && isDialError(err):
 		w.refused++ // never reached the server
-	case err == nil && definiteRejection(status, code):
+	case err == nil && definiteRejection(status, code, w.networkStore):
 		w.rejected++
 		w.rejectCodes[fmt.Sprintf("%d %s", status, code)]++
 	default:
 		w.indeterminate[uid] = true
+		if code == "store_unavailable" {
+			w.ambiguous[uid] = true
+		}
 	}
 	return false
 }
 
 // definiteRejection reports whether an answer means nothing was stored.
-func definiteRejection(status int, code string) bool {
+// store_unavailable is definite only on SQLite: a failed SQLite commit is
+// rolled back in-process, while a connection to PostgreSQL that breaks
+// during COMMIT leaves the outcome unknown to the node that answered.
+func definiteRejection(status int, code string, networkStore bool) bool {
 	if status/100 == 4 {
 		return true
 	}
 	if status == http.StatusServiceUnavailable {
 		switch code {
-		case "store_unavailable", "unavailable", "draining", "stopped":
+		case "draining", "stopped": // refused before any write
 			return true
+		case "store_unavailable":
+			return !networkStore
 		}
 	}
 	return false

@@ -531,7 +531,7 @@ func (s *Server) writeClientError(w http.ResponseWriter, r *http.Request, err er
 	case errors.Is(err, herald.ErrWrongState):
 		writeError(w, http.StatusConflict, apiError{Code: "wrong_state", Message: "the job is in the wrong state for this operation"})
 	case errors.Is(err, herald.ErrUnavailable):
-		s.unavailable(w, "store_unavailable", "the store cannot take writes right now (disk full, read-only or locked by another process); nothing was stored; retry later")
+		s.unavailable(w, "store_unavailable", "the store cannot take writes right now (disk full, read-only, locked, or its database unreachable); retry later, with an idempotency_key if a duplicate would matter")
 	case errors.Is(err, herald.ErrStopped), errors.Is(err, herald.ErrNotStarted):
 		s.unavailable(w, "stopped", "the queue is not running; retry later")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
