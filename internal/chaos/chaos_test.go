@@ -123,6 +123,12 @@ func TestChaosPostgresMultiNode(t *testing.T) {
 	if !postgresDriverPresent(t) {
 		t.Skip("package store/postgres does not exist yet: herald serve cannot take a postgres:// store; this test runs as soon as it does")
 	}
+	if _, err := chaos.PostgresBin(); err != nil {
+		if os.Getenv("HERALD_REQUIRE_SERVICES") == "1" {
+			t.Fatalf("HERALD_REQUIRE_SERVICES=1 but %v", err)
+		}
+		t.Skipf("%v: install postgresql to run the multi-node harness", err)
+	}
 	// Six cycles deal at least six faults: the whole deck, so every kind
 	// (two kills) happens in every run.
 	faults := []string{chaos.FaultKill, chaos.FaultKill, chaos.FaultStop, chaos.FaultPGRestart, chaos.FaultTerm, chaos.FaultSink}

@@ -32,6 +32,10 @@ type postgres struct {
 	params string // pg_ctl -o options
 }
 
+// PostgresBin returns the directory of the PostgreSQL server tools the
+// harness uses for its private instance, or ErrNoPostgres.
+func PostgresBin() (string, error) { return findPostgresBin() }
+
 // findPostgresBin returns the newest /usr/lib/postgresql/*/bin with pg_ctl,
 // or the directory of pg_ctl on PATH.
 func findPostgresBin() (string, error) {
