@@ -48,7 +48,7 @@ func startPrivatePostgres(t *testing.T) *privatePostgres {
 	pg := &privatePostgres{t: t, bin: filepath.Dir(initdbs[len(initdbs)-1])}
 	// Not t.TempDir: its parents are private to root, and the server may
 	// run as another user.
-	dir, err := os.MkdirTemp("", "herald-pg-")
+	dir, err := os.MkdirTemp("", "herald-pg-") //nolint:usetesting // t.TempDir's parents are private to root; the server may run as postgres
 	if err != nil {
 		t.Fatal(err)
 	}

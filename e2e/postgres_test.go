@@ -143,7 +143,7 @@ func postEventsVia(ctx context.Context, nodes []*server, rec *history.Recorder, 
 					resp, err := client.Do(req)
 					if err == nil {
 						b, _ := io.ReadAll(resp.Body)
-						resp.Body.Close() //nolint:errcheck,gosec // read fully
+						resp.Body.Close() //nolint:errcheck // read fully
 						if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusOK {
 							var ack struct {
 								ID int64 `json:"id"`

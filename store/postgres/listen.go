@@ -24,7 +24,7 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 	for ctx.Err() == nil {
 		err := s.listenOnce(ctx, wake, func() { backoff = 100 * time.Millisecond })
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // the connection ended because ctx did: not a failure
 		}
 		s.log.Warn("postgres notifications interrupted; reconnecting", "err", err, "in", backoff)
 		t := time.NewTimer(backoff)

@@ -140,7 +140,7 @@ func TestNodesShareNewKeys(t *testing.T) {
 	for n, s := range nodes {
 		wg.Go(func() {
 			owner := fmt.Sprintf("node-%d", n)
-			r := rand.New(rand.NewPCG(uint64(n), 9))
+			r := rand.New(rand.NewPCG(rand.Uint64(), 9))
 			for round := range rounds {
 				ps := make([]store.InsertParams, keys)
 				for i := range ps {
