@@ -7,13 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -107,15 +105,8 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 		Logger: log, Tokens: cfg.Tokens, MaxRequestBytes: cfg.MaxRequestBytes,
 		MaxBacklog: cfg.MaxBacklog, Topics: topics, Metrics: exp.Handler(),
 	})
-	srv := &http.Server{
-		Handler:           exp.Middleware(api.Handler()),
-		ReadHeaderTimeout: 5 * time.Second, // slowloris
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := httpapi.NewHTTPServer(exp.Middleware(api.Handler()), httpapi.Timeouts{},
+		slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		_ = client.Stop(context.Background())

@@ -157,7 +157,7 @@ func (c Config) WithDefaults() Config {
 	c.WebhookTimeout = cmp.Or(c.WebhookTimeout, time.Second)
 	c.DrainTimeout = cmp.Or(c.DrainTimeout, 2*time.Minute)
 	if c.Seed == 0 {
-		c.Seed = uint64(time.Now().UnixNano()) //nolint:gosec // a seed
+		c.Seed = uint64(time.Now().UnixNano())
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -676,7 +676,7 @@ func (h *harness) drain(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not drained after %s: %d jobs left (%v)", h.cfg.DrainTimeout, left, err)
+			return fmt.Errorf("not drained after %s: %d jobs left (stats: %w)", h.cfg.DrainTimeout, left, err)
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 		if ctx.Err() != nil {

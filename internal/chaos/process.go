@@ -85,7 +85,7 @@ func (p *process) waitReady(ctx context.Context, timeout time.Duration) error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited while starting: %v (see %s)", p.name, p.err, p.logf)
+			return fmt.Errorf("%s exited while starting: %w (see %s)", p.name, p.err, p.logf)
 		default:
 		}
 		if time.Now().After(deadline) {

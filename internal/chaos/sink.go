@@ -101,7 +101,7 @@ func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	attempt, _ := strconv.Atoi(r.Header.Get("Herald-Attempt"))
 	jobID, _ := strconv.ParseInt(r.Header.Get("Herald-Job-Id"), 10, 64)
 	rid := s.rid.Add(1)
-	s.log.add(fmt.Appendf(nil, "S %d %d %q %d %d %d %d\n", rid, p.UID, p.Key, p.Seq, attempt, jobID, start.UnixNano()), false)
+	_ = s.log.add(fmt.Appendf(nil, "S %d %d %q %d %d %d %d\n", rid, p.UID, p.Key, p.Seq, attempt, jobID, start.UnixNano()), false)
 
 	s.mu.Lock()
 	f := s.faults

@@ -139,7 +139,7 @@ func TestReadSinkLog(t *testing.T) {
 	}
 }
 
-// PUT /faults changes the sink's behaviour at once.
+// PUT /faults changes the sink's behavior at once.
 func TestSinkFaultsEndpoint(t *testing.T) {
 	t.Parallel()
 	f, err := os.Create(filepath.Join(t.TempDir(), "sink.log"))

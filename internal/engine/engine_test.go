@@ -102,7 +102,7 @@ func TestOutcome(t *testing.T) {
 			t.Parallel()
 			j := &store.Job{ID: 7, Kind: "k", Attempt: tt.attempt, MaxAttempts: tt.max}
 			f := e.outcome(kind(tt.block), j, tt.err, tt.cause)
-			if f.ID != 7 || f.Owner != "me" || f.Outcome != tt.want || f.BlockKey != tt.wantBlock {
+			if f.ID != 7 || f.Owner != e.Owner() || f.Outcome != tt.want || f.BlockKey != tt.wantBlock {
 				t.Fatalf("outcome = %+v, want outcome %d, block %v", f, tt.want, tt.wantBlock)
 			}
 			if !strings.Contains(f.Error, tt.wantMsg) || (tt.wantMsg == "" && f.Error != "") {
@@ -215,7 +215,7 @@ func TestWorkChecksLeaseBeforeStart(t *testing.T) {
 			if ran != tt.wantRun {
 				t.Errorf("handler ran = %v, want %v", ran, tt.wantRun)
 			}
-			if f.Outcome != tt.want || f.ID != 7 || f.LeaseToken != 3 || f.Owner != "node-a" {
+			if f.Outcome != tt.want || f.ID != 7 || f.LeaseToken != 3 || f.Owner != e.Owner() {
 				t.Errorf("finish = %+v, want outcome %d for job 7 under node-a's token 3", f.FinishParams, tt.want)
 			}
 			if got := e.metrics.LeaseExpiredBeforeStart.Load(); (got == 1) == tt.wantRun {
@@ -261,5 +261,26 @@ func TestLeasesHeld(t *testing.T) {
 	}
 	if !LeaseHeld(context.Background()) {
 		t.Error("LeaseHeld outside an attempt = false, want true")
+	}
+}
+
+// Two engines of one node name (a process and its restarted successor)
+// claim under different owners: renewals by the successor must not keep
+// the dead process's jobs leased.
+func TestOwnerUniquePerEngine(t *testing.T) {
+	t.Parallel()
+	owners := map[string]bool{}
+	for range 20 {
+		e, err := New(Config{Store: nopStore{}, Owner: "web-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(e.Owner(), "web-1-") {
+			t.Errorf("Owner() = %q, want the node name web-1 as its prefix", e.Owner())
+		}
+		owners[e.Owner()] = true
+	}
+	if len(owners) != 20 {
+		t.Errorf("20 engines named web-1 shared owners: %d distinct", len(owners))
 	}
 }
