@@ -83,17 +83,21 @@ type Server struct {
 	srv  *smtp.Server
 	ln   net.Listener
 	done chan struct{}
+	quit chan struct{} // closed by Close: ends Delay waits
 
 	conns, active, messages, rsets atomic.Int64
 
+	closeOnce sync.Once
+
 	mu       sync.Mutex
+	open     map[*countedConn]struct{}
 	received []Message
 	tlsCfg   *tls.Config
 }
 
 // Start listens on a loopback port and serves until Close.
 func Start(opts Options) (*Server, error) {
-	s := &Server{opts: opts, done: make(chan struct{})}
+	s := &Server{opts: opts, done: make(chan struct{}), quit: make(chan struct{})}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = "smtptest.localhost"
 	srv.ReadTimeout = time.Minute
@@ -142,7 +146,11 @@ func (s *Server) ClientTLS() *tls.Config {
 
 // Close stops the server and closes every connection.
 func (s *Server) Close() error {
+	s.closeOnce.Do(func() { close(s.quit) })
 	err := s.srv.Close()
+	// Serve may not have registered the listener yet when Close runs right
+	// after Start; closing it here ends Serve either way.
+	_ = s.ln.Close()
 	<-s.done
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
@@ -203,7 +211,14 @@ func (l countingListener) Accept() (net.Conn, error) {
 	}
 	l.s.conns.Add(1)
 	l.s.active.Add(1)
-	return &countedConn{Conn: c, s: l.s}, nil
+	cc := &countedConn{Conn: c, s: l.s}
+	l.s.mu.Lock()
+	if l.s.open == nil {
+		l.s.open = map[*countedConn]struct{}{}
+	}
+	l.s.open[cc] = struct{}{}
+	l.s.mu.Unlock()
+	return cc, nil
 }
 
 type countedConn struct {
@@ -213,8 +228,27 @@ type countedConn struct {
 }
 
 func (c *countedConn) Close() error {
-	c.once.Do(func() { c.s.active.Add(-1) })
+	c.once.Do(func() {
+		c.s.active.Add(-1)
+		c.s.mu.Lock()
+		delete(c.s.open, c)
+		c.s.mu.Unlock()
+	})
 	return c.Conn.Close()
+}
+
+// DropConnections closes every open connection from the server side, as a
+// server does with connections idle too long.
+func (s *Server) DropConnections() {
+	s.mu.Lock()
+	conns := make([]*countedConn, 0, len(s.open))
+	for c := range s.open {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -245,7 +279,12 @@ func (ss *session) answer(r *Reply) error {
 
 func (ss *session) wait() {
 	if ss.s.opts.Delay > 0 {
-		time.Sleep(ss.s.opts.Delay)
+		t := time.NewTimer(ss.s.opts.Delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ss.s.quit:
+		}
 	}
 }
 
