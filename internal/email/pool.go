@@ -3,8 +3,8 @@ package email
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +20,7 @@ type pool struct {
 	cfg    ServerConfig
 	dialer *gomail.Client // dials, negotiates TLS and authenticates; never sends
 	tlsCfg *tls.Config
-	slots  chan struct{}  // one token per connection that may be open
+	slots  chan struct{} // one token per connection that may be open
 
 	mu     sync.Mutex
 	idle   []*conn // most recently used last: reuse the warmest connection
