@@ -26,6 +26,9 @@ type pool struct {
 	idle   []*conn // most recently used last: reuse the warmest connection
 	closed bool
 
+	// stepwise turns pipelining off even when offered (tests cover both).
+	stepwise bool
+
 	pausedUntil atomic.Int64 // unix nanos; a 421/454 pauses the whole server
 	dials       atomic.Int64
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wneessen/go-mail/smtp"
 	"golang.org/x/time/rate"
 )
 
@@ -450,7 +451,8 @@ func domainOf(addr string) string {
 // calling go-mail's Client.Send: Send aborts the whole message when any
 // recipient is refused and does not report each recipient's reply, while
 // herald must deliver to the accepted recipients and record the refusals
-// one by one (and not send to the accepted ones again on retry).
+// one by one (and not send to the accepted ones again on retry). It also
+// lets herald pipeline the commands (RFC 2920), which go-mail does not.
 func (s *Sender) sendVia(ctx context.Context, p *pool, env Envelope, data []byte, results []RecipientResult, send []int) error {
 	c, err := p.get(ctx, s.cfg.Now())
 	if err != nil {
@@ -458,98 +460,258 @@ func (s *Sender) sendVia(ctx context.Context, p *pool, env Envelope, data []byte
 	}
 	healthy := false
 	defer func() { p.put(c, healthy, s.cfg.Now()) }()
-	server := p.cfg.Addr
-	if c.reused {
-		// RSET before reusing a connection: it starts a clean transaction
-		// whatever the last one left behind, and proves the connection is
-		// alive before MAIL (a pooled connection may have been dropped by
-		// the server while idle). A dead one is replaced once.
-		if err := c.extend(p.cfg.Timeout); err != nil {
-			return err
-		}
-		if err := c.c.Reset(); err != nil {
-			_ = c.c.Close()
-			fresh, derr := p.dial1(ctx)
-			if derr != nil {
-				c.c = nil
-				return fmt.Errorf("email: reconnect %s: %w", server, derr)
-			}
-			c.c, c.raw, c.reused = fresh.c, fresh.raw, false
-		}
-	}
 	// Cancelling ctx interrupts a blocked command through the deadline.
 	stop := context.AfterFunc(ctx, c.interrupt)
-	defer stop()
-	if err := c.extend(p.cfg.Timeout); err != nil {
-		return err
+	defer func() { stop() }()
+	// A pooled connection may have been dropped by the server while idle:
+	// the first reply on it then fails with a network error, before the
+	// server has done anything, so it is replaced once and the
+	// transaction starts over.
+	for {
+		var stale bool
+		if ok, _ := c.c.Extension("PIPELINING"); ok && !p.stepwise {
+			stale, err = s.pipelined(p, c, env, data, results, send, &healthy)
+		} else {
+			stale, err = s.stepwise(p, c, env, data, results, send, &healthy)
+		}
+		if !stale {
+			return err
+		}
+		stop()
+		_ = c.c.Close()
+		fresh, derr := p.dial1(ctx)
+		if derr != nil {
+			c.c = nil
+			return fmt.Errorf("email: reconnect %s: %w", p.cfg.Addr, derr)
+		}
+		c.c, c.raw, c.reused = fresh.c, fresh.raw, false
+		stop = context.AfterFunc(ctx, c.interrupt)
 	}
-	if err := c.c.Mail(env.From); err != nil {
-		return s.transactionError(p, "MAIL", err, &healthy)
+}
+
+// pipelined sends RSET (on a reused connection), MAIL, every RCPT and DATA
+// in one write, then reads their replies in order: one round trip where
+// stepwise takes 3 + one per recipient. The replies are the same, so each
+// recipient's is still recorded.
+func (s *Sender) pipelined(p *pool, c *conn, env Envelope, data []byte, results []RecipientResult, send []int, healthy *bool) (stale bool, err error) {
+	server := p.cfg.Addr
+	for _, a := range append([]string{env.From}, env.To...) {
+		if strings.ContainsAny(a, "\r\n<>") {
+			return false, fmt.Errorf("%w: address %q", ErrInvalidMessage, a) // Validate refuses these; never write them
+		}
+	}
+	var b strings.Builder
+	if c.reused {
+		b.WriteString("RSET\r\n")
+	}
+	b.WriteString("MAIL FROM:<" + env.From + ">")
+	if ok, _ := c.c.Extension("SMTPUTF8"); ok && !isASCII(env) {
+		b.WriteString(" SMTPUTF8")
+	}
+	b.WriteString("\r\n")
+	for _, i := range send {
+		b.WriteString("RCPT TO:<" + env.To[i] + ">\r\n")
+	}
+	b.WriteString("DATA\r\n")
+	tp := c.c.Text
+	if err := c.extend(p.cfg.Timeout); err != nil {
+		return false, err
+	}
+	if _, err := tp.W.WriteString(b.String()); err == nil {
+		err = tp.W.Flush()
+	}
+	if err != nil {
+		return c.reused, fmt.Errorf("email: %s: %w", server, err)
+	}
+	if c.reused {
+		if _, _, err := tp.ReadResponse(250); err != nil {
+			if _, ok := errors.AsType[*textproto.Error](err); !ok {
+				return true, fmt.Errorf("email: %s RSET: %w", server, err)
+			}
+			// A refused RSET leaves the pipeline's replies unread: the
+			// connection is not reused.
+			return false, &ReplyError{Command: "RSET", Server: server, Reply: toReply(err.(*textproto.Error))} //nolint:errorlint // checked just above
+		}
+	}
+	_, _, mailErr := tp.ReadResponse(250)
+	if mailErr != nil {
+		if _, ok := errors.AsType[*textproto.Error](mailErr); !ok {
+			return false, fmt.Errorf("email: %s MAIL: %w", server, mailErr)
+		}
+	}
+	var accepted []int
+	var abort error
+	for _, i := range send {
+		_, _, err := tp.ReadResponse(25)
+		if mailErr != nil {
+			if _, ok := errors.AsType[*textproto.Error](err); !ok && err != nil {
+				return false, fmt.Errorf("email: %s RCPT: %w", server, err)
+			}
+			continue // "503 need MAIL": the MAIL reply says why
+		}
+		ok, fatal := s.rcptReply(p, env, i, err, results)
+		if ok {
+			accepted = append(accepted, i)
+		}
+		if fatal != nil {
+			if _, isReply := errors.AsType[*ReplyError](fatal); !isReply {
+				return false, fatal
+			}
+			abort = fatal
+		}
+	}
+	_, _, dataErr := tp.ReadResponse(354)
+	if dataErr != nil {
+		if _, ok := errors.AsType[*textproto.Error](dataErr); !ok {
+			return false, fmt.Errorf("email: %s DATA: %w", server, dataErr)
+		}
+	}
+	switch {
+	case mailErr != nil:
+		*healthy = dataErr != nil // a server that said 354 anyway waits for a body
+		return false, s.transactionError(p, "MAIL", mailErr, healthy)
+	case abort != nil:
+		return false, abort // 421: the server is closing the connection
+	case len(accepted) == 0:
+		// Nobody to send to; a server that said 354 anyway waits for a
+		// body, so that connection is closed rather than fed an empty one.
+		*healthy = dataErr != nil
+		return false, nil
+	case dataErr != nil:
+		return false, s.transactionError(p, "DATA", dataErr, healthy)
+	}
+	return false, s.body(p, c, data, results, accepted, healthy)
+}
+
+// stepwise runs the transaction one command at a time, for servers that do
+// not offer PIPELINING.
+func (s *Sender) stepwise(p *pool, c *conn, env Envelope, data []byte, results []RecipientResult, send []int, healthy *bool) (stale bool, err error) {
+	if err := c.extend(p.cfg.Timeout); err != nil {
+		return false, err
+	}
+	if c.reused {
+		// RSET before reusing a connection: a clean transaction whatever
+		// the last one left behind, and proof the connection is alive.
+		if err := c.c.Reset(); err != nil {
+			if _, ok := errors.AsType[*textproto.Error](err); !ok {
+				return true, err
+			}
+			return false, s.transactionError(p, "RSET", err, healthy)
+		}
+	}
+	if err := c.c.Mail("<" + env.From + ">"); err != nil {
+		return false, s.transactionError(p, "MAIL", err, healthy)
 	}
 	var accepted []int
 	for _, i := range send {
 		if err := c.extend(p.cfg.Timeout); err != nil {
-			return err
+			return false, err
 		}
-		err := c.c.Rcpt(env.To[i])
-		at := s.cfg.Now()
-		results[i].Server, results[i].At = server, at
-		if err == nil {
+		ok, fatal := s.rcptReply(p, env, i, c.c.Rcpt("<"+env.To[i]+">"), results)
+		if fatal != nil {
+			return false, fatal
+		}
+		if ok {
 			accepted = append(accepted, i)
-			continue
-		}
-		var te *textproto.Error
-		if !errors.As(err, &te) {
-			return fmt.Errorf("email: %s RCPT: %w", server, err) // network: the connection is gone
-		}
-		r := toReply(te)
-		results[i].Reply = &r
-		switch {
-		case te.Code == 421:
-			p.pause(at.Add(s.cfg.ThrottlePause))
-			return &ReplyError{Command: "RCPT", Server: server, Reply: r}
-		case throttling(te.Code):
-			s.pauseDomain(domainOf(env.To[i]), at.Add(s.cfg.ThrottlePause))
-			results[i].Status = StatusDeferred
-		case te.Code/100 == 4:
-			results[i].Status = StatusDeferred
-		default:
-			results[i].Status = StatusRefused
 		}
 	}
 	if len(accepted) == 0 {
-		healthy = true // the next use starts with RSET
-		return nil
+		*healthy = true // the next use starts with RSET
+		return false, nil
 	}
 	if err := c.extend(p.cfg.Timeout); err != nil {
-		return err
+		return false, err
 	}
 	w, err := c.c.Data()
 	if err != nil {
-		return s.transactionError(p, "DATA", err, &healthy)
+		return false, s.transactionError(p, "DATA", err, healthy)
 	}
-	if _, err := w.Write(data); err != nil {
-		return fmt.Errorf("email: %s DATA: %w: %w", server, errAfterData, err)
+	_, err = w.Write(data)
+	if err == nil {
+		err = w.Close() // reads the reply
 	}
-	err = w.Close()
+	var msg string
+	if dc, ok := w.(*smtp.DataCloser); ok {
+		msg = dc.ServerResponse()
+	}
+	return false, s.dataReply(p, err, msg, results, accepted, healthy)
+}
+
+// rcptReply records one RCPT reply. It reports whether the recipient was
+// accepted, and a non-nil error when the transaction cannot go on (a
+// network error, or 421: the server is closing).
+func (s *Sender) rcptReply(p *pool, env Envelope, i int, err error, results []RecipientResult) (bool, error) {
+	at := s.cfg.Now()
+	results[i].Server, results[i].At = p.cfg.Addr, at
+	if err == nil {
+		return true, nil
+	}
+	te, ok := errors.AsType[*textproto.Error](err)
+	if !ok {
+		return false, fmt.Errorf("email: %s RCPT: %w", p.cfg.Addr, err) // network: the connection is gone
+	}
+	r := toReply(te)
+	results[i].Reply = &r
+	switch {
+	case te.Code == 421:
+		p.pause(at.Add(s.cfg.ThrottlePause))
+		return false, &ReplyError{Command: "RCPT", Server: p.cfg.Addr, Reply: r}
+	case throttling(te.Code):
+		s.pauseDomain(domainOf(env.To[i]), at.Add(s.cfg.ThrottlePause))
+		results[i].Status = StatusDeferred
+	case te.Code/100 == 4:
+		results[i].Status = StatusDeferred
+	default:
+		results[i].Status = StatusRefused
+	}
+	return false, nil
+}
+
+// body sends the message after a pipelined 354 and reads the reply.
+func (s *Sender) body(p *pool, c *conn, data []byte, results []RecipientResult, accepted []int, healthy *bool) error {
+	if err := c.extend(p.cfg.Timeout); err != nil {
+		return err
+	}
+	w := c.c.Text.DotWriter()
+	_, err := w.Write(data)
+	if err == nil {
+		err = w.Close()
+	}
+	var msg string
+	if err == nil {
+		_, msg, err = c.c.Text.ReadResponse(250)
+	}
+	return s.dataReply(p, err, msg, results, accepted, healthy)
+}
+
+// dataReply records the final reply to DATA for every accepted recipient.
+// A network error here is ambiguous: the server may have the message.
+func (s *Sender) dataReply(p *pool, err error, msg string, results []RecipientResult, accepted []int, healthy *bool) error {
 	if err != nil {
-		var te *textproto.Error
-		if !errors.As(err, &te) {
-			return fmt.Errorf("email: %s DATA: %w: %w", server, errAfterData, err)
+		if _, ok := errors.AsType[*textproto.Error](err); !ok {
+			return fmt.Errorf("email: %s DATA: %w: %w", p.cfg.Addr, errAfterData, err)
 		}
-		return s.transactionError(p, "DATA", err, &healthy)
+		return s.transactionError(p, "DATA", err, healthy)
 	}
-	healthy = true
-	reply := Reply{Code: 250, Message: "OK"}
-	if dc, ok := w.(interface{ ServerResponse() string }); ok {
-		reply = toReply(&textproto.Error{Code: 250, Msg: dc.ServerResponse()})
-	}
+	*healthy = true
+	reply := toReply(&textproto.Error{Code: 250, Msg: msg})
 	at := s.cfg.Now()
 	for _, i := range accepted {
 		r := reply
 		results[i].Status, results[i].Reply, results[i].At = StatusSent, &r, at
 	}
 	return nil
+}
+
+func isASCII(env Envelope) bool {
+	for _, a := range append([]string{env.From}, env.To...) {
+		for i := range len(a) {
+			if a[i] >= 0x80 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // transactionError turns a failed MAIL or DATA into a ReplyError (pausing

@@ -57,50 +57,53 @@ func TestPooling(t *testing.T) {
 		{"pool larger than demand", 100, 2, 10},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			srv := startServer(t, smtptest.Options{Discard: true})
-			s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), tt.poolSize)}})
-			var wg sync.WaitGroup
-			jobs := make(chan int)
-			errs := make(chan error, tt.messages)
-			for range tt.workers {
-				wg.Go(func() {
-					for i := range jobs {
-						res, err := s.Send(t.Context(), Envelope{From: "app@example.com", To: []string{fmt.Sprintf("u%d@example.org", i)}}, testData)
-						if err == nil && res[0].Status != StatusSent {
-							err = fmt.Errorf("status %s", res[0].Status)
+		for _, stepwise := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/stepwise=%v", tt.name, stepwise), func(t *testing.T) {
+				t.Parallel()
+				srv := startServer(t, smtptest.Options{Discard: true})
+				s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), tt.poolSize)}})
+				s.pools[0].stepwise = stepwise
+				var wg sync.WaitGroup
+				jobs := make(chan int)
+				errs := make(chan error, tt.messages)
+				for range tt.workers {
+					wg.Go(func() {
+						for i := range jobs {
+							res, err := s.Send(t.Context(), Envelope{From: "app@example.com", To: []string{fmt.Sprintf("u%d@example.org", i)}}, testData)
+							if err == nil && res[0].Status != StatusSent {
+								err = fmt.Errorf("status %s", res[0].Status)
+							}
+							if err != nil {
+								errs <- err
+							}
 						}
-						if err != nil {
-							errs <- err
-						}
-					}
-				})
-			}
-			for i := range tt.messages {
-				jobs <- i
-			}
-			close(jobs)
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Fatal(err)
-			}
-			if got := srv.Count(); got != int64(tt.messages) {
-				t.Errorf("server got %d messages, want %d", got, tt.messages)
-			}
-			maxConns := int64(min(tt.poolSize, tt.workers))
-			if got := srv.Conns(); got < 1 || got > maxConns {
-				t.Errorf("%d connections for %d messages; want 1..%d", got, tt.messages, maxConns)
-			}
-			if got := s.Dials(); got != srv.Conns() {
-				t.Errorf("sender dialed %d times, server saw %d connections", got, srv.Conns())
-			}
-			// Every reuse starts with RSET.
-			if want := int64(tt.messages) - srv.Conns(); srv.Resets() != want {
-				t.Errorf("RSETs = %d, want %d (messages - connections)", srv.Resets(), want)
-			}
-		})
+					})
+				}
+				for i := range tt.messages {
+					jobs <- i
+				}
+				close(jobs)
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Fatal(err)
+				}
+				if got := srv.Count(); got != int64(tt.messages) {
+					t.Errorf("server got %d messages, want %d", got, tt.messages)
+				}
+				maxConns := int64(min(tt.poolSize, tt.workers))
+				if got := srv.Conns(); got < 1 || got > maxConns {
+					t.Errorf("%d connections for %d messages; want 1..%d", got, tt.messages, maxConns)
+				}
+				if got := s.Dials(); got != srv.Conns() {
+					t.Errorf("sender dialed %d times, server saw %d connections", got, srv.Conns())
+				}
+				// Every reuse starts with RSET.
+				if want := int64(tt.messages) - srv.Conns(); srv.Resets() != want {
+					t.Errorf("RSETs = %d, want %d (messages - connections)", srv.Resets(), want)
+				}
+			})
+		}
 	}
 }
 
@@ -161,8 +164,18 @@ func TestIdleTimeoutReconnects(t *testing.T) {
 // is detected by RSET and replaced, without failing the message.
 func TestServerDroppedIdleConnection(t *testing.T) {
 	t.Parallel()
+	for _, stepwise := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stepwise=%v", stepwise), func(t *testing.T) {
+			t.Parallel()
+			testDroppedIdleConnection(t, stepwise)
+		})
+	}
+}
+
+func testDroppedIdleConnection(t *testing.T, stepwise bool) {
 	srv := startServer(t, smtptest.Options{})
 	s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), 1)}})
+	s.pools[0].stepwise = stepwise
 	if _, err := s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"b@example.org"}}, testData); err != nil {
 		t.Fatal(err)
 	}
@@ -272,54 +285,70 @@ func TestReplies(t *testing.T) {
 	tests := []struct {
 		name       string
 		opts       smtptest.Options
-		wantErr    string // substring; "" for no transaction error
+		rcpt       map[string][]*smtptest.Reply // a fresh script per subtest
+		wantErr    string                       // substring; "" for no transaction error
 		wantStatus []string
 		wantCode   int
 	}{
-		{"partial refusal", smtptest.Options{Rcpt: smtptest.PerRecipient(map[string][]*smtptest.Reply{
+		{"partial refusal", smtptest.Options{}, map[string][]*smtptest.Reply{
 			"gone@example.org": {{Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such user"}},
-		})}, "", []string{StatusSent, StatusRefused}, 0},
-		{"temporary recipient failure", smtptest.Options{Rcpt: smtptest.PerRecipient(map[string][]*smtptest.Reply{
+		}, "", []string{StatusSent, StatusRefused}, 0},
+		{"temporary recipient failure", smtptest.Options{}, map[string][]*smtptest.Reply{
 			"gone@example.org": {{Code: 441, Enhanced: [3]int{4, 4, 1}, Message: "later"}},
-		})}, "", []string{StatusSent, StatusDeferred}, 0},
+		}, "", []string{StatusSent, StatusDeferred}, 0},
 		{"MAIL 550", smtptest.Options{Mail: func(string) *smtptest.Reply {
 			return &smtptest.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Message: "sender rejected"}
-		}}, "550 5.7.1 sender rejected", []string{StatusDeferred, StatusDeferred}, 550},
+		}}, nil, "550 5.7.1 sender rejected", []string{StatusDeferred, StatusDeferred}, 550},
 		{"DATA 554", smtptest.Options{Data: func(smtptest.Message) *smtptest.Reply {
 			return &smtptest.Reply{Code: 554, Enhanced: [3]int{5, 6, 0}, Message: "content rejected"}
-		}}, "554 5.6.0 content rejected", []string{StatusDeferred, StatusDeferred}, 554},
+		}}, nil, "554 5.6.0 content rejected", []string{StatusDeferred, StatusDeferred}, 554},
 		{"DATA 451", smtptest.Options{Data: func(smtptest.Message) *smtptest.Reply {
 			return &smtptest.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Message: "local error"}
-		}}, "451 4.3.0 local error", []string{StatusDeferred, StatusDeferred}, 451},
+		}}, nil, "451 4.3.0 local error", []string{StatusDeferred, StatusDeferred}, 451},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			srv := startServer(t, tt.opts)
-			s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), 1)}})
-			res, err := s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"ok@example.org", "gone@example.org"}}, testData)
-			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
-				t.Fatalf("err = %v, want %q", err, tt.wantErr)
-			}
-			var re *ReplyError
-			if tt.wantCode != 0 && (!errors.As(err, &re) || re.Code != tt.wantCode) {
-				t.Errorf("err %v is not a ReplyError %d", err, tt.wantCode)
-			}
-			for i, want := range tt.wantStatus {
-				if res[i].Status != want {
-					t.Errorf("recipient %d: status %s, want %s (%+v)", i, res[i].Status, want, res[i].Reply)
+		for _, stepwise := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/stepwise=%v", tt.name, stepwise), func(t *testing.T) {
+				t.Parallel()
+				opts := tt.opts
+				if tt.rcpt != nil {
+					opts.Rcpt = smtptest.PerRecipient(tt.rcpt)
 				}
-			}
-			if tt.name == "partial refusal" {
-				if r := res[1].Reply; r == nil || r.Code != 550 || r.Enhanced != "5.1.1" || r.Message != "no such user" {
-					t.Errorf("refusal reply %+v", r)
+				srv := startServer(t, opts)
+				s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), 1)}})
+				s.pools[0].stepwise = stepwise
+				// Twice on one connection: the second transaction follows
+				// whatever the first left behind.
+				_, _ = s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"warmup@example.org"}}, testData)
+				srv.Reset()
+				res, err := s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"ok@example.org", "gone@example.org"}}, testData)
+				if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
 				}
-				msgs := srv.Messages()
-				if len(msgs) != 1 || len(msgs[0].To) != 1 || msgs[0].To[0] != "ok@example.org" {
-					t.Errorf("server received %+v; want one message to ok@example.org", msgs)
+				var re *ReplyError
+				if tt.wantCode != 0 && (!errors.As(err, &re) || re.Code != tt.wantCode) {
+					t.Errorf("err %v is not a ReplyError %d", err, tt.wantCode)
 				}
-			}
-		})
+				for i, want := range tt.wantStatus {
+					if res[i].Status != want {
+						t.Errorf("recipient %d: status %s, want %s (%+v)", i, res[i].Status, want, res[i].Reply)
+					}
+				}
+				if tt.name == "partial refusal" {
+					if r := res[1].Reply; r == nil || r.Code != 550 || r.Enhanced != "5.1.1" || r.Message != "no such user" {
+						t.Errorf("refusal reply %+v", r)
+					}
+					msgs := srv.Messages()
+					if len(msgs) != 1 || len(msgs[0].To) != 1 || msgs[0].To[0] != "ok@example.org" {
+						t.Errorf("server received %+v; want one message to ok@example.org", msgs)
+					}
+				}
+				// The connection is still usable after whatever happened.
+				if res, err := s.Send(t.Context(), Envelope{From: "b@example.com", To: []string{"ok@example.org"}}, testData); tt.wantCode == 0 && (err != nil || res[0].Status != StatusSent) {
+					t.Errorf("next message: %v %+v", err, res)
+				}
+			})
+		}
 	}
 }
 

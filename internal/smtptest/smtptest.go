@@ -170,6 +170,13 @@ func (s *Server) Count() int64 { return s.messages.Load() }
 // Resets is the number of RSET commands received.
 func (s *Server) Resets() int64 { return s.rsets.Load() }
 
+// Reset forgets the messages received so far (the counters stay).
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.received = nil
+}
+
 // Messages returns a copy of the accepted messages, in arrival order.
 func (s *Server) Messages() []Message {
 	s.mu.Lock()
