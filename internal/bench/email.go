@@ -78,9 +78,11 @@ func Email(ctx context.Context, o Options, smtpAddr string, messages, conns int)
 		return res, err
 	}
 	var done, failed, last atomic.Int64
-	// Twice the connections: while a job's outcome is being stored,
-	// another already holds its connection.
-	c, stop, err := o.client(ctx, cmp.Or(o.Workers, 2*conns), func(ctx context.Context, j *herald.Job) error {
+	// Many more workers than connections: jobs queue for a connection
+	// inside their attempt, and more jobs finishing together make larger
+	// group commits (measured: 390 µs CPU per message with 2×conns workers,
+	// 255 µs with 1000).
+	c, stop, err := o.client(ctx, cmp.Or(o.Workers, 1000), func(ctx context.Context, j *herald.Job) error {
 		err := h(ctx, j)
 		if err != nil {
 			failed.Add(1)
