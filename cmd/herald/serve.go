@@ -81,8 +81,20 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 	if err != nil {
 		return err
 	}
+	prepare := map[string]func(*herald.EnqueueParams) error{}
 	for name, k := range cfg.Kinds {
-		h, err := handlerFor(k)
+		var h herald.HandlerFunc
+		var err error
+		if k.Type == config.TypeEmail && k.Email != nil {
+			var ek *emailKind
+			if ek, err = newEmailKind(*k.Email, log); err == nil {
+				// Closed after the client stopped: no job uses it then.
+				defer func() { _ = ek.sender.Close() }()
+				h, prepare[name] = ek.handler, ek.prepare
+			}
+		} else {
+			h, err = handlerFor(k)
+		}
 		if err != nil {
 			return fmt.Errorf("kinds.%s: %w", name, err)
 		}
@@ -104,6 +116,7 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 	api := httpapi.New(client, httpapi.Options{
 		Logger: log, Tokens: cfg.Tokens, MaxRequestBytes: cfg.MaxRequestBytes,
 		MaxBacklog: cfg.MaxBacklog, Topics: topics, Metrics: exp.Handler(),
+		Prepare: prepare, MailingsKind: cfg.Mailings.Kind,
 	})
 	srv := httpapi.NewHTTPServer(exp.Middleware(api.Handler()), httpapi.Timeouts{},
 		slog.NewLogLogger(log.Handler(), slog.LevelWarn))

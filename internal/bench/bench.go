@@ -44,8 +44,9 @@ type Options struct {
 
 // client opens the store and a client with kind "bench" running h.
 func (o Options) client(ctx context.Context, workers int, h herald.HandlerFunc) (*herald.Client, func(), error) {
-	o.Nodes = 1
-	cs, stop, err := o.clients(ctx, workers, h)
+	single := o
+	single.Nodes = 1
+	cs, stop, err := single.clients(ctx, workers, h)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -86,6 +86,9 @@ func (s *Server) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, serr := req.params("")
+	if serr == nil {
+		serr = s.prepare(&p, "")
+	}
 	if serr != nil {
 		writeStatusError(w, serr)
 		return
@@ -137,6 +140,9 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		p, serr := jr.params(prefix)
+		if serr == nil {
+			serr = s.prepare(&p, prefix)
+		}
 		if serr != nil {
 			writeStatusError(w, serr)
 			return
@@ -205,9 +211,14 @@ func (s *Server) handleEvent(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	idem := r.Header.Get("Idempotency-Key")
-	res, err := s.client.Enqueue(r.Context(), herald.EnqueueParams{
-		Kind: topic.Kind, Key: key, Payload: json.RawMessage(body), IdempotencyKey: idem,
-	})
+	p := herald.EnqueueParams{Kind: topic.Kind, Key: key, Payload: json.RawMessage(body), IdempotencyKey: idem}
+	if serr := s.prepare(&p, ""); serr != nil {
+		// The event is the payload: name the event's own field.
+		serr.Field = strings.TrimPrefix(strings.TrimPrefix(serr.Field, "payload"), ".")
+		writeStatusError(w, serr)
+		return
+	}
+	res, err := s.client.Enqueue(r.Context(), p)
 	if err != nil {
 		// The client names the job's fields; the caller knows the event's.
 		if fe, ok := errors.AsType[*herald.FieldError](err); ok {

@@ -89,6 +89,14 @@ type Options struct {
 	Metrics http.Handler
 	// Clock is the time source for ages in /v1/stats. Defaults to the wall clock.
 	Clock clock.Clock
+	// Prepare maps a kind to a check that runs on each of its jobs before
+	// it is enqueued, on every enqueue route: it may complete the job (an
+	// email kind sets the default key) and refuses a bad payload with a
+	// *herald.FieldError, answered 422 naming the field. Defaults to none.
+	Prepare map[string]func(p *herald.EnqueueParams) error
+	// MailingsKind is the email kind POST /v1/mailings enqueues (seed
+	// 001's format). Defaults to "": the mailings routes answer 404.
+	MailingsKind string
 }
 
 func (o Options) withDefaults() Options {
@@ -165,6 +173,8 @@ func (s *Server) routes() []route {
 		{method: http.MethodPost, path: "/v1/events/{topic}", handler: s.handleEvent, write: true, enqueue: true},
 		{method: http.MethodGet, path: "/v1/keys/{key}", handler: s.handleKey},
 		{method: http.MethodGet, path: "/v1/stats", handler: s.handleStats},
+		{method: http.MethodPost, path: "/v1/mailings", handler: s.handleMailings, write: true, enqueue: true},
+		{method: http.MethodGet, path: "/v1/mailings/{id}", handler: s.handleMailing},
 		{method: http.MethodPost, path: "/v1/kinds/{kind}/pause", handler: s.handlePause, write: true},
 		{method: http.MethodPost, path: "/v1/kinds/{kind}/resume", handler: s.handleResume, write: true},
 		{method: http.MethodGet, path: "/healthz", handler: s.handleHealthz, public: true},

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,11 +21,13 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 		<-ctx.Done()
 		return nil
 	}
+	d := &debouncer{wake: wake, every: wakeEvery}
+	defer d.stop()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := s.listenOnce(ctx, wake, func() { backoff = 100 * time.Millisecond })
+		err := s.listenOnce(ctx, d.kick, func() { backoff = 100 * time.Millisecond })
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // the connection ended because ctx did: not a failure
 		}
 		s.log.Warn("postgres notifications interrupted; reconnecting", "err", err, "in", backoff)
 		t := time.NewTimer(backoff)
@@ -77,4 +80,59 @@ func (s *Store) Elect(ctx context.Context, owner string, ttl time.Duration) (boo
 		return false, fmt.Errorf("postgres: elect: %w", wrap(err))
 	}
 	return got == owner, nil
+}
+
+// wakeEvery is the shortest interval between wake-ups from notifications.
+// Every commit that inserts or finishes jobs notifies every node; under
+// load that is hundreds of notifications a second, and waking for each
+// would send each node to claim (mostly nothing) just as often. The first
+// notification after a quiet spell still wakes at once, so an idle node's
+// pickup latency does not change.
+const wakeEvery = 20 * time.Millisecond
+
+// debouncer passes the first kick on at once and folds the kicks of the
+// next interval into one wake-up at its end.
+type debouncer struct {
+	wake  func()
+	every time.Duration
+
+	mu      sync.Mutex
+	timer   *time.Timer // set while cooling down
+	pending bool
+	stopped bool
+}
+
+func (d *debouncer) kick() {
+	d.mu.Lock()
+	if d.timer != nil || d.stopped {
+		d.pending = true
+		d.mu.Unlock()
+		return
+	}
+	d.timer = time.AfterFunc(d.every, d.cool)
+	d.mu.Unlock()
+	d.wake()
+}
+
+// cool ends an interval, waking once more if kicks came during it.
+func (d *debouncer) cool() {
+	d.mu.Lock()
+	if !d.pending || d.stopped {
+		d.timer = nil
+		d.mu.Unlock()
+		return
+	}
+	d.pending = false
+	d.timer = time.AfterFunc(d.every, d.cool)
+	d.mu.Unlock()
+	d.wake()
+}
+
+func (d *debouncer) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopped = true
+	if d.timer != nil {
+		d.timer.Stop()
+	}
 }

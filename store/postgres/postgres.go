@@ -249,8 +249,7 @@ func (s *Store) migrate(ctx context.Context) error {
 // serialization failures, deadlocks, and an idempotency key taken by a
 // concurrent insert (the rerun finds the winner's job).
 func retryable(err error) bool {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok {
 		switch pe.Code {
 		case "40001", "40P01":
 			return true
@@ -293,8 +292,7 @@ func wrap(err error) error {
 }
 
 func unavailable(err error) bool {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
+	if pe, ok := errors.AsType[*pgconn.PgError](err); ok {
 		switch {
 		case strings.HasPrefix(pe.Code, "08"), // connection exception
 			strings.HasPrefix(pe.Code, "53"),  // insufficient resources (disk full, too many connections)

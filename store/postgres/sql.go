@@ -122,7 +122,9 @@ const finishSQL = `WITH f AS (
 		output = coalesce(f.output, j.output),
 		lease_owner = NULL, lease_token = NULL, lease_until = NULL
 	FROM f
-	WHERE j.id = f.id AND j.state = 2 AND j.lease_owner = f.owner AND j.lease_token = f.token
+	-- id = ANY steers the planner to the primary key: the running-jobs
+	-- index it would otherwise scan is full of dead entries under load.
+	WHERE j.id = ANY($3::int8[]) AND j.id = f.id AND j.state = 2 AND j.lease_owner = f.owner AND j.lease_token = f.token
 	RETURNING j.id, j.key, j.kind, j.run_at, j.due_at, f.outcome, f.block
 ), moves AS (
 	SELECT d.key, n.id AS head_id, n.kind, n.run_at, n.due_at, 0::int2 AS blocked

@@ -9,10 +9,10 @@ package pgtest
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +22,7 @@ import (
 var (
 	once    sync.Once
 	baseURL string
-	baseErr error
+	errBase error
 )
 
 // candidates are the servers tried, in order.
@@ -38,8 +38,8 @@ func candidates() []string {
 
 // URL returns the URL of a reachable server, skipping (or, with
 // HERALD_REQUIRE_SERVICES=1, failing) the test when there is none.
-func URL(t testing.TB) string {
-	t.Helper()
+func URL(tb testing.TB) string {
+	tb.Helper()
 	once.Do(func() {
 		for _, u := range candidates() {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -50,41 +50,44 @@ func URL(t testing.TB) string {
 			}
 			cancel()
 			if err == nil {
-				baseURL, baseErr = u, nil
+				baseURL, errBase = u, nil
 				return
 			}
-			baseErr = err
+			errBase = err
 		}
 	})
 	if baseURL == "" {
-		msg := fmt.Sprintf("PostgreSQL not reachable (%v); set HERALD_POSTGRES_URL or start the server", baseErr)
+		msg := fmt.Sprintf("PostgreSQL not reachable (%v); set HERALD_POSTGRES_URL or start the server", errBase)
 		if os.Getenv("HERALD_REQUIRE_SERVICES") == "1" {
-			t.Fatal(msg + " (HERALD_REQUIRE_SERVICES=1)")
+			tb.Fatal(msg + " (HERALD_REQUIRE_SERVICES=1)")
 		}
-		t.Skip(msg)
+		tb.Skip(msg)
 	}
 	return baseURL
 }
 
 // SchemaURL returns the server's URL with ?schema= naming a fresh schema,
 // which is dropped when the test ends. The store creates it when opened.
-func SchemaURL(t testing.TB) string {
-	t.Helper()
-	base := URL(t)
+func SchemaURL(tb testing.TB) string {
+	tb.Helper()
+	base := URL(tb)
 	schema := NewSchemaName()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := DropSchema(ctx, base, schema); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
+			tb.Errorf("drop schema %s: %v", schema, err)
 		}
 	})
 	return WithSchema(base, schema)
 }
 
-// NewSchemaName returns a schema name nobody uses yet.
+var schemas atomic.Int64
+
+// NewSchemaName returns a schema name nobody uses yet: the time, the
+// process and a counter tell apart parallel tests and test binaries.
 func NewSchemaName() string {
-	return fmt.Sprintf("herald_test_%d_%08x", time.Now().UnixMilli(), rand.Uint32())
+	return fmt.Sprintf("herald_test_%d_%d_%d", time.Now().UnixMilli(), os.Getpid(), schemas.Add(1))
 }
 
 // WithSchema sets the ?schema= parameter of a store URL.
