@@ -806,7 +806,7 @@ func (h *harness) cleanup() {
 		_ = h.pg.stop(context.Background(), "immediate")
 		// Keep its log beside the others before the cluster goes.
 		if b, err := os.ReadFile(h.pg.logf); err == nil {
-			_ = os.WriteFile(filepath.Join(h.dir, "postgres.log"), b, 0o600)
+			_ = os.WriteFile(filepath.Join(h.dir, "postgres.log"), b, 0o600) //nolint:gosec // the harness's own directory
 		}
 		_ = h.pg.remove()
 		h.pg = nil
