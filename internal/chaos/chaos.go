@@ -220,6 +220,9 @@ type Result struct {
 
 	Cycles int
 	Faults map[string]int // injected, by kind
+	// UnplannedExits counts nodes found dead that no fault killed: each is
+	// worth reading in its log (a crash is a bug even if nothing was lost).
+	UnplannedExits int
 
 	// Report is the history checker's verdict over every phase.
 	Report history.Report
@@ -285,6 +288,9 @@ func (r Result) Summary() string {
 	}
 	slices.Sort(kinds)
 	fmt.Fprintf(&b, "faults: %s\n", strings.Join(kinds, " "))
+	if r.UnplannedExits > 0 {
+		fmt.Fprintf(&b, "WARNING: %d node exits no fault caused (see the node logs)\n", r.UnplannedExits)
+	}
 	fmt.Fprintf(&b, "requests: sent=%d acked=%d refused=%d rejected=%d indeterminate=%d\n", r.Sent, r.Acked, r.Refused, r.Rejected, r.Indeterminate)
 	if len(r.RejectCodes) > 0 {
 		codes := make([]string, 0, len(r.RejectCodes))
@@ -326,6 +332,7 @@ type harness struct {
 	faultKinds []string
 	sinkFaults Faults   // the sink's current faults
 	deck       []string // faults still to deal (see drawFault)
+	unplanned  int      // node exits the harness did not cause
 	counts     map[string]int
 	wl         *workload
 }
@@ -693,7 +700,8 @@ func (h *harness) ensureUp(ctx context.Context) error {
 	for _, n := range h.nodes {
 		if !n.running() {
 			if n.cmd != nil {
-				h.log.Warn("node had exited; restarting it", "node", n.name, "err", n.err)
+				h.unplanned++
+				h.log.Warn("node had exited by itself; restarting it", "node", n.name, "err", n.err)
 			}
 			if err := n.start(ctx, 30*time.Second); err != nil {
 				return err
@@ -845,6 +853,7 @@ func (h *harness) judge(res Result) (Result, error) {
 	res.Sent, res.Acked, res.Refused, res.Rejected, res.Indeterminate = int(wl.sent.Load()), len(wl.acks), wl.refused, wl.rejected, len(wl.indeterminate)
 	res.RejectCodes = wl.rejectCodes
 	res.Faults = h.counts
+	res.UnplannedExits = h.unplanned
 	if rep.Acknowledged > 0 {
 		res.DuplicateRate = float64(rep.Duplicates) / float64(rep.Acknowledged)
 	}
