@@ -120,6 +120,12 @@ type Engine struct {
 	metrics Metrics
 	stats   atomic.Pointer[store.Stats]
 	leases  leases
+
+	// known maps each job this engine claimed, until its outcome is
+	// written, to its lease token; doubtful is set after a commit whose
+	// outcome is unknown (see reconcile). Both belong to the store loop.
+	known    map[int64]int64
+	doubtful bool
 }
 
 type kindState struct {
@@ -175,6 +181,7 @@ func New(cfg Config) (*Engine, error) {
 		enqueue: make(chan *insertRequest, 4096),
 		finish:  make(chan finishRequest, 4096),
 		wake:    make(chan struct{}, 1),
+		known:   map[int64]int64{},
 	}
 	for name, k := range cfg.Kinds {
 		if k.Handler == nil {
