@@ -214,10 +214,10 @@ type Result struct {
 	// indeterminate (the answer was lost).
 	Sent, Acked, Refused, Rejected, Indeterminate int
 	RejectCodes                                   map[string]int
-	// AmbiguousUnavailable counts 503 store_unavailable answers on
-	// PostgreSQL (indeterminate: the connection may have broken during
-	// COMMIT), AmbiguousStored those of them whose job was delivered
-	// anyway: the answer was "not now", yet the job had been stored.
+	// AmbiguousUnavailable counts 503 commit_unknown answers (the
+	// connection to PostgreSQL broke during COMMIT: indeterminate),
+	// AmbiguousStored those of them whose job was in fact stored and
+	// delivered.
 	AmbiguousUnavailable, AmbiguousStored int
 
 	Cycles int
@@ -338,7 +338,7 @@ func (r Result) Summary() string {
 		fmt.Fprintf(&b, "rejections: %s\n", strings.Join(codes, ", "))
 	}
 	if r.AmbiguousUnavailable > 0 {
-		fmt.Fprintf(&b, "503 store_unavailable on PostgreSQL (indeterminate): %d, of which delivered anyway: %d\n", r.AmbiguousUnavailable, r.AmbiguousStored)
+		fmt.Fprintf(&b, "503 commit_unknown (indeterminate): %d, of which stored and delivered: %d\n", r.AmbiguousUnavailable, r.AmbiguousStored)
 	}
 	fmt.Fprintf(&b, "history: %s\n", r.Report)
 	fmt.Fprintf(&b, "duplicate rate: %.3f%% (%d recovered, %d unexplained)\n", 100*r.DuplicateRate, r.Report.RecoveredDuplicates, r.Report.UnexplainedDuplicates)
@@ -446,7 +446,6 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 		}
 	}
 	h.wl = newWorkload(h.nodes, cfg.Keys, cfg.ZipfS, cfg.ZipfV, cfg.Seed, "chaos")
-	h.wl.networkStore = h.cfg.Store != ""
 
 	defer h.wl.client.CloseIdleConnections()
 

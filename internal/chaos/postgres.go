@@ -90,13 +90,6 @@ func newPostgres(ctx context.Context) (*postgres, error) {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		// The server must reach dir: a run directory from os.MkdirTemp is
-		// 0700, so let others traverse it (not list it).
-		if fi, err := os.Stat(filepath.Dir(dir)); err == nil && fi.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(filepath.Dir(dir), fi.Mode().Perm()|0o011); err != nil {
-				return nil, err
-			}
-		}
 		for _, p := range []string{dir, pg.dir, pg.sock} {
 			if err := os.Chown(p, uid, gid); err != nil {
 				return nil, err

@@ -55,10 +55,8 @@ type workload struct {
 	poisonUIDs    map[int64]bool
 	poisonJobs    map[int64]int64 // acked poison uid -> herald job id
 	rejectCodes   map[string]int
-	// networkStore: the store is PostgreSQL, so store_unavailable answers
-	// are indeterminate; ambiguous holds their uids.
-	networkStore bool
-	ambiguous    map[int64]bool
+	// ambiguous holds the uids answered 503 commit_unknown.
+	ambiguous map[int64]bool
 }
 
 func newWorkload(nodes []*process, keys int, zipfS, zipfV float64, seed uint64, kind string) *workload {
@@ -169,12 +167,12 @@ func (w *workload) one(ctx context.Context, k int) bool {
 		return true
 	case err != nil && isDialError(err):
 		w.refused++ // never reached the server
-	case err == nil && definiteRejection(status, code, w.networkStore):
+	case err == nil && definiteRejection(status, code):
 		w.rejected++
 		w.rejectCodes[fmt.Sprintf("%d %s", status, code)]++
 	default:
 		w.indeterminate[uid] = true
-		if code == "store_unavailable" {
+		if code == "commit_unknown" {
 			w.ambiguous[uid] = true
 		}
 	}
@@ -182,19 +180,17 @@ func (w *workload) one(ctx context.Context, k int) bool {
 }
 
 // definiteRejection reports whether an answer means nothing was stored.
-// store_unavailable is definite only on SQLite: a failed SQLite commit is
-// rolled back in-process, while a connection to PostgreSQL that breaks
-// during COMMIT leaves the outcome unknown to the node that answered.
-func definiteRejection(status int, code string, networkStore bool) bool {
+// 503 commit_unknown is the store's own "maybe" (the connection broke
+// during COMMIT), so it stays indeterminate; store_unavailable promises
+// the write failed, and the checker holds the server to it.
+func definiteRejection(status int, code string) bool {
 	if status/100 == 4 {
 		return true
 	}
 	if status == http.StatusServiceUnavailable {
 		switch code {
-		case "draining", "stopped": // refused before any write
+		case "draining", "stopped", "store_unavailable": // refused before any write, or the write failed
 			return true
-		case "store_unavailable":
-			return !networkStore
 		}
 	}
 	return false
