@@ -25,7 +25,9 @@ import (
 	"maps"
 	"math"
 	"math/rand/v2"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -772,20 +774,39 @@ func (h *harness) drain(ctx context.Context) error {
 // waiting, for reading a run that did not drain.
 func (h *harness) dumpUndrained(ctx context.Context) {
 	var b bytes.Buffer
-	for _, path := range []string{"/v1/stats", "/v1/jobs?state=running&limit=20", "/v1/jobs?state=available&limit=20",
-		"/v1/jobs?state=retryable&limit=20", "/v1/jobs?state=scheduled&limit=20"} {
+	get := func(path string) []byte {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.nodes[0].addr+path, nil)
 		if err != nil {
-			continue
+			return nil
 		}
 		resp, err := h.wl.client.Do(req)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v\n", path, err)
-			continue
+			return nil
 		}
-		fmt.Fprintf(&b, "%s:\n", path)
-		_, _ = b.ReadFrom(resp.Body)
-		_ = resp.Body.Close()
+		defer resp.Body.Close() //nolint:errcheck // read below
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		fmt.Fprintf(&b, "%s:\n%s\n", path, body)
+		return body
+	}
+	get("/v1/stats")
+	keys := map[string]bool{}
+	for _, st := range []string{"running", "available", "retryable", "scheduled"} {
+		var list struct {
+			Jobs []struct {
+				Key string `json:"key"`
+			} `json:"jobs"`
+		}
+		_ = json.Unmarshal(get("/v1/jobs?state="+st+"&limit=20"), &list)
+		for _, j := range list.Jobs {
+			if j.Key != "" && len(keys) < 10 {
+				keys[j.Key] = true
+			}
+		}
+	}
+	// The keys' lines say why they do not move (waiting_on).
+	for k := range keys {
+		get("/v1/keys/" + url.PathEscape(k))
 	}
 	_ = os.WriteFile(filepath.Join(h.dir, "undrained.json"), b.Bytes(), 0o600)
 }
