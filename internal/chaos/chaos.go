@@ -224,6 +224,9 @@ type Result struct {
 
 	Cycles int
 	Faults map[string]int // injected, by kind
+	// DrainErr is set when the final drain timed out: jobs were stuck.
+	// The history is judged anyway.
+	DrainErr error
 	// UnplannedExits counts nodes found dead that no fault killed: each is
 	// worth reading in its log (a crash is a bug even if nothing was lost).
 	UnplannedExits int
@@ -289,6 +292,9 @@ const latencyFloor = 50 * time.Millisecond
 // ErrFailed that says which did not.
 func (r Result) Err() error {
 	var errs []error
+	if r.DrainErr != nil {
+		errs = append(errs, r.DrainErr)
+	}
 	if err := r.Report.Err(); err != nil {
 		errs = append(errs, err)
 	}
@@ -507,7 +513,12 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 	}
 	h.log.Info("final drain")
 	if err := h.drain(ctx); err != nil {
-		return res, err
+		if ctx.Err() != nil {
+			return res, err
+		}
+		// Still judge: the history says which jobs are stuck (lost) and
+		// whether their keys moved on without them (order).
+		res.DrainErr = err
 	}
 	dead, err := h.poisonDiscarded(ctx)
 	if err != nil {
@@ -761,7 +772,10 @@ func (h *harness) drain(ctx context.Context) error {
 		}
 		if time.Now().After(deadline) {
 			h.dumpUndrained(ctx)
-			return fmt.Errorf("not drained after %s: %d jobs left (stats: %w; see undrained.json)", h.cfg.DrainTimeout, left, err)
+			if err != nil {
+				return fmt.Errorf("not drained after %s: stats: %w (see undrained.json)", h.cfg.DrainTimeout, err)
+			}
+			return fmt.Errorf("not drained after %s: %d jobs left (see undrained.json)", h.cfg.DrainTimeout, left)
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 		if ctx.Err() != nil {
