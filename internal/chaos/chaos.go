@@ -26,6 +26,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -676,7 +677,8 @@ func (h *harness) drain(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not drained after %s: %d jobs left (stats: %w)", h.cfg.DrainTimeout, left, err)
+			return fmt.Errorf("not drained after %s: %d jobs left (stats error: %v); unfinished: %s",
+				h.cfg.DrainTimeout, left, err, h.unfinished(ctx))
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 		if ctx.Err() != nil {
@@ -702,6 +704,53 @@ func (h *harness) backlog(ctx context.Context) (int64, error) {
 		return -1, err
 	}
 	return st.ByState["scheduled"] + st.ByState["available"] + st.ByState["running"] + st.ByState["retryable"], nil
+}
+
+// unfinished describes a few jobs that are not finalized and their keys'
+// lines, for the report of a run that did not drain.
+func (h *harness) unfinished(ctx context.Context) string {
+	var b strings.Builder
+	for _, state := range []string{"running", "available", "retryable", "scheduled"} {
+		url := fmt.Sprintf("http://%s/v1/jobs?state=%s&limit=5", h.nodes[0].addr, state)
+		var page struct {
+			Jobs []json.RawMessage `json:"jobs"`
+		}
+		if err := h.getJSON(ctx, url, &page); err != nil {
+			fmt.Fprintf(&b, "[%s: %v] ", state, err)
+			continue
+		}
+		for _, j := range page.Jobs {
+			b.Write(j)
+			var head struct {
+				Key string `json:"key"`
+			}
+			if json.Unmarshal(j, &head) == nil && head.Key != "" {
+				var line json.RawMessage
+				if err := h.getJSON(ctx, fmt.Sprintf("http://%s/v1/keys/%s", h.nodes[0].addr, neturl.PathEscape(head.Key)), &line); err == nil {
+					b.WriteString(" line: ")
+					b.Write(line)
+				}
+			}
+			b.WriteString("; ")
+		}
+	}
+	return b.String()
+}
+
+func (h *harness) getJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := h.wl.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close() //nolint:errcheck // decoded below
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return decodeJSON(resp.Body, v)
 }
 
 // poisonDiscarded asks herald how each acknowledged poison job ended and
