@@ -517,7 +517,8 @@ func (s *Sender) pipelined(p *pool, c *conn, env Envelope, data []byte, results 
 	if err := c.extend(p.cfg.Timeout); err != nil {
 		return false, err
 	}
-	if _, err := tp.W.WriteString(b.String()); err == nil {
+	_, err = tp.W.WriteString(b.String())
+	if err == nil {
 		err = tp.W.Flush()
 	}
 	if err != nil {

@@ -173,6 +173,7 @@ func TestServerDroppedIdleConnection(t *testing.T) {
 }
 
 func testDroppedIdleConnection(t *testing.T, stepwise bool) {
+	t.Helper()
 	srv := startServer(t, smtptest.Options{})
 	s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), 1)}})
 	s.pools[0].stepwise = stepwise

@@ -60,11 +60,11 @@ func (c EmailConfig) withDefaults() EmailConfig {
 }
 
 func (c EmailConfig) rules() email.Rules {
-	max := 0
+	maxBytes := 0
 	if c.Sender != nil {
-		max = c.Sender.MaxMessageBytes()
+		maxBytes = c.Sender.MaxMessageBytes()
 	}
-	return email.Rules{DefaultFrom: c.From, Templates: c.Templates, MaxBytes: max, MaxRecipients: c.MaxRecipients}
+	return email.Rules{DefaultFrom: c.From, Templates: c.Templates, MaxBytes: maxBytes, MaxRecipients: c.MaxRecipients}
 }
 
 // EmailOutput is what an email job records (herald.RecordOutput) after each
@@ -77,7 +77,7 @@ type EmailOutput struct {
 
 // MessageID is the stable Message-ID of a job's message, without angle
 // brackets: every attempt sends the same one, so a receiver (or a human)
-// can recognise a duplicate sent in the at-least-once window.
+// can recognize a duplicate sent in the at-least-once window.
 func MessageID(jobID int64, host string) string {
 	return "herald." + strconv.FormatInt(jobID, 10) + "@" + host
 }
@@ -97,8 +97,7 @@ func PrepareEmail(cfg EmailConfig) func(p *herald.EnqueueParams) error {
 			err = m.Validate(rules)
 		}
 		if err != nil {
-			var fe *email.FieldError
-			if errors.As(err, &fe) {
+			if fe, ok := errors.AsType[*email.FieldError](err); ok {
 				field := "payload"
 				if fe.Field != "payload" {
 					field = "payload." + fe.Field
@@ -239,12 +238,10 @@ func finish(out EmailOutput, sender *email.Sender, now time.Time) error {
 
 // classify maps a failed transaction to herald's retry semantics.
 func classify(err error, now time.Time) error {
-	var te *email.ThrottledError
-	if errors.As(err, &te) {
+	if te, ok := errors.AsType[*email.ThrottledError](err); ok {
 		return herald.RetryAfter(max(te.Until.Sub(now), time.Second), err)
 	}
-	var re *email.ReplyError
-	if errors.As(err, &re) && !re.Temporary() {
+	if re, ok := errors.AsType[*email.ReplyError](err); ok && !re.Temporary() {
 		return herald.Permanent(err)
 	}
 	if errors.Is(err, email.ErrTooLarge) {
