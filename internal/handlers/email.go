@@ -188,9 +188,7 @@ func Email(cfg EmailConfig) (herald.HandlerFunc, error) {
 				out.Recipients = append(out.Recipients, email.RecipientResult{Address: to, Status: email.StatusDeferred})
 			}
 		}
-		if err := herald.RecordOutput(ctx, out); err != nil && !errors.Is(err, herald.ErrNoAttempt) {
-			return fmt.Errorf("email: record output: %w", err)
-		}
+		record(ctx, cfg.Logger, job.ID, out)
 		cfg.Logger.LogAttrs(ctx, slog.LevelDebug, "email attempt", slog.Int64("job", job.ID),
 			slog.Int("recipients", len(todo)), slog.Bool("ok", sendErr == nil))
 		if sendErr != nil {
@@ -198,6 +196,40 @@ func Email(cfg EmailConfig) (herald.HandlerFunc, error) {
 		}
 		return finish(out, cfg.Sender, cfg.Now())
 	}, nil
+}
+
+// maxReplyText bounds a recorded reply text: servers may send long
+// multi-line replies, and the record of a large message holds one per
+// recipient.
+const maxReplyText = 200
+
+// record stores out as the job's output. If it is over the output limit
+// (a message to a thousand recipients), a compact form without servers,
+// times and reply texts is stored instead: losing the record would send
+// the message again to everyone on retry.
+func record(ctx context.Context, log *slog.Logger, jobID int64, out EmailOutput) {
+	for i, r := range out.Recipients {
+		if r.Reply != nil && len(r.Reply.Message) > maxReplyText {
+			reply := *r.Reply
+			reply.Message = reply.Message[:maxReplyText]
+			out.Recipients[i].Reply = &reply
+		}
+	}
+	err := herald.RecordOutput(ctx, out)
+	if err == nil || errors.Is(err, herald.ErrNoAttempt) {
+		return
+	}
+	compact := EmailOutput{MessageID: out.MessageID, Recipients: make([]email.RecipientResult, len(out.Recipients))}
+	for i, r := range out.Recipients {
+		compact.Recipients[i] = email.RecipientResult{Address: r.Address, Status: r.Status}
+		if r.Reply != nil {
+			compact.Recipients[i].Reply = &email.Reply{Code: r.Reply.Code, Enhanced: r.Reply.Enhanced}
+		}
+	}
+	if err := herald.RecordOutput(ctx, compact); err != nil {
+		log.LogAttrs(ctx, slog.LevelWarn, "email: cannot record the recipients' outcome; a retry may resend",
+			slog.Int64("job", jobID), slog.String("error", err.Error()))
+	}
 }
 
 // finish decides a completed transaction's outcome from the recipients.
