@@ -107,6 +107,14 @@ func Permanent(err error) error { return &PermanentError{Err: err} }
 // still counts as a failed attempt.
 func RetryAfter(d time.Duration, err error) error { return &RetryAfterError{Delay: d, Err: err} }
 
+// LeaseHeld reports whether the running attempt's lease still holds by
+// this process's reckoning (true outside an attempt). A handler can check
+// it just before a side effect that must not be repeated or reordered:
+// after this process stalled longer than the lease (SIGSTOP, a frozen VM),
+// the job may already run on another node, and its outcome here will not
+// be recorded anyway.
+func LeaseHeld(ctx context.Context) bool { return engine.LeaseHeld(ctx) }
+
 // ErrNoAttempt is returned by RecordOutput outside a running attempt.
 var ErrNoAttempt = engine.ErrNoAttempt
 

@@ -26,7 +26,8 @@ func newBenchCmd() *cobra.Command {
 Each scenario prints progress, then a summary. With --json the last line of
 output is one JSON object with the scenario's results.`,
 	}
-	cmd.PersistentFlags().StringVar(&opts.Store, "store", "", "store to use: empty for a fresh SQLite file in a temp dir, or a SQLite file path")
+	cmd.PersistentFlags().StringVar(&opts.Store, "store", "", "store to use: empty for a fresh SQLite file in a temp dir, a SQLite file path, or a postgres:// URL (runs in a fresh schema, dropped afterwards)")
+	cmd.PersistentFlags().IntVar(&opts.Nodes, "nodes", 1, "engines sharing the store, each with its own connections (PostgreSQL only)")
 	cmd.PersistentFlags().IntVar(&opts.Workers, "workers", 0, "global worker slots (0: scenario default)")
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print the result as one JSON object on the last line")
 	var cpuProfile string

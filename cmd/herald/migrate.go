@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/heraldmq/herald/internal/config"
+	"github.com/heraldmq/herald/store/postgres"
 	"github.com/heraldmq/herald/store/sqlite"
 )
 
@@ -20,15 +21,16 @@ func newMigrateCmd() *cobra.Command {
 		Short: "Create the store or bring its schema up to date",
 		Long: `Create the store or bring its schema up to date, then exit.
 
-The store is the SQLite database herald serve would use: herald.db in
---data-dir (default $HERALD_DATA_DIR, else ./herald-data), or the SQLite file
-given with --store (default $HERALD_STORE). herald serve applies the same
-migrations when it starts, so this is only needed to prepare a store ahead of
-time or to check one. It cannot run while herald serve holds the store.
-
-PostgreSQL stores (postgres:// URLs) are not supported yet.`,
+The store is the one herald serve would use: herald.db in --data-dir
+(default $HERALD_DATA_DIR, else ./herald-data), or the SQLite file or
+PostgreSQL URL given with --store (default $HERALD_STORE). herald serve
+applies the same migrations when it starts, so this is only needed to
+prepare a store ahead of time or to check one. A SQLite store cannot be
+migrated while herald serve holds it; a PostgreSQL one can (migrations run
+under an advisory lock, so nodes starting together migrate once).`,
 		Example: `  herald migrate --data-dir /var/lib/herald
-  herald migrate --store ./jobs.db`,
+  herald migrate --store ./jobs.db
+  herald migrate --store 'postgres://herald@db:5432/herald?schema=herald'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !flagChanged(cmd, "data-dir") && !flagChanged(cmd, "store") {
@@ -42,8 +44,15 @@ PostgreSQL stores (postgres:// URLs) are not supported yet.`,
 			if path == "" {
 				path = filepath.Join(dataDir, "herald.db")
 			}
-			if lower := strings.ToLower(path); strings.HasPrefix(lower, "postgres://") || strings.HasPrefix(lower, "postgresql://") {
-				return errors.New("PostgreSQL stores are not supported yet: herald migrate (and herald serve) work on SQLite only for now")
+			out := cmd.OutOrStdout()
+			if postgres.IsURL(path) {
+				s, err := postgres.Open(cmd.Context(), path, postgres.Options{})
+				if err != nil {
+					return fmt.Errorf("migrate: %w", err)
+				}
+				fmt.Fprintf(out, "store: %s (PostgreSQL, schema %s)\n", config.Config{Store: path}.Redacted().Store, s.Schema())
+				fmt.Fprintln(out, "schema: current (all migrations applied)")
+				return s.Close()
 			}
 			if abs, err := filepath.Abs(path); err == nil {
 				path = abs
@@ -58,14 +67,13 @@ PostgreSQL stores (postgres:// URLs) are not supported yet.`,
 			if err := s.Close(); err != nil {
 				return fmt.Errorf("close %s: %w", path, err)
 			}
-			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "store: %s (SQLite)\n", path)
 			fmt.Fprintln(out, "schema: current (all migrations applied)")
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./herald-data", "directory of the embedded store (herald.db); env HERALD_DATA_DIR")
-	cmd.Flags().StringVar(&storePath, "store", "", "SQLite file to migrate instead of --data-dir; env HERALD_STORE")
+	cmd.Flags().StringVar(&storePath, "store", "", "SQLite file or postgres:// URL to migrate instead of --data-dir; env HERALD_STORE")
 	cmd.MarkFlagsMutuallyExclusive("data-dir", "store")
 	_ = cmd.MarkFlagDirname("data-dir")
 	return cmd

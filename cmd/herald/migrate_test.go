@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/heraldmq/herald/store/postgres/pgtest"
 	"github.com/heraldmq/herald/store/sqlite"
 )
 
@@ -20,8 +21,8 @@ func TestMigrate(t *testing.T) {
 	}{
 		{name: "data dir", args: func(dir string) []string { return []string{"--data-dir", filepath.Join(dir, "data")} }, wantPath: "data/herald.db"},
 		{name: "store file", args: func(dir string) []string { return []string{"--store", filepath.Join(dir, "jobs.db")} }, wantPath: "jobs.db"},
-		{name: "postgres", args: func(string) []string { return []string{"--store", "postgres://localhost/herald"} },
-			wantErr: "PostgreSQL stores are not supported yet"},
+		{name: "postgres bad schema", args: func(string) []string { return []string{"--store", "postgres://localhost/herald?schema=Bad-Name"} },
+			wantErr: "schema must match"},
 		{name: "both", args: func(dir string) []string { return []string{"--store", dir + "/a.db", "--data-dir", dir} },
 			wantErr: "[data-dir store] were all set"},
 	} {
@@ -69,5 +70,21 @@ func TestMigrateLocked(t *testing.T) {
 	_, _, err = execCLI(t, "", "migrate", "--store", path)
 	if err == nil || !strings.Contains(err.Error(), "in use by another herald process") || !strings.Contains(err.Error(), "stop herald serve first") {
 		t.Fatalf("error = %v, want one saying the store is in use", err)
+	}
+}
+
+// herald migrate creates and migrates a PostgreSQL schema; a second run
+// finds it current.
+func TestMigratePostgres(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	for run := 1; run <= 2; run++ {
+		out, _, err := execCLI(t, "", "migrate", "--store", u)
+		if err != nil {
+			t.Fatalf("migrate (run %d): %v", run, err)
+		}
+		if !strings.Contains(out, "(PostgreSQL, schema herald_test_") || !strings.Contains(out, "schema: current") {
+			t.Errorf("migrate printed %q", out)
+		}
 	}
 }

@@ -7,13 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,7 +20,6 @@ import (
 	"github.com/heraldmq/herald/internal/handlers"
 	"github.com/heraldmq/herald/internal/httpapi"
 	"github.com/heraldmq/herald/internal/metrics"
-	"github.com/heraldmq/herald/store/sqlite"
 )
 
 func newServeCmd() *cobra.Command {
@@ -31,7 +28,9 @@ func newServeCmd() *cobra.Command {
 		Use:   "serve",
 		Short: "Run the service: HTTP API and workers on the configured store",
 		Long: `Run the service: the HTTP API and the workers, on the embedded SQLite store
-in --data-dir unless --store names another.
+in --data-dir unless --store names another: a SQLite file, or a PostgreSQL
+database (postgres://user@host/db?schema=herald) that several herald serve
+processes share. A PostgreSQL schema is created and migrated on start.
 
 With no configuration it listens on 127.0.0.1:8080 with the built-in kinds
 noop and sleep. Configuration layers: --config file < HERALD_* environment <
@@ -67,9 +66,9 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 	ccfg.Logger = log
 	ccfg.OnAttempt = exp.ObserveAttempt
 	if cfg.Store != "" {
-		drv, err := sqlite.Open(ctx, cfg.Store, sqlite.Options{})
+		drv, err := openStore(ctx, cfg.Store, log)
 		if err != nil {
-			return fmt.Errorf("open store %s: %w", cfg.Store, err)
+			return err
 		}
 		defer func() {
 			if err := drv.Close(); err != nil {
@@ -125,15 +124,8 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 		MaxBacklog: cfg.MaxBacklog, Topics: topics, Metrics: exp.Handler(),
 		Prepare: prepare, MailingsKind: cfg.Mailings.Kind,
 	})
-	srv := &http.Server{
-		Handler:           exp.Middleware(api.Handler()),
-		ReadHeaderTimeout: 5 * time.Second, // slowloris
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := httpapi.NewHTTPServer(exp.Middleware(api.Handler()), httpapi.Timeouts{},
+		slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		_ = client.Stop(context.Background())
@@ -205,7 +197,7 @@ func handlerFor(k config.Kind) (herald.HandlerFunc, error) {
 
 func storeName(cfg config.Config) string {
 	if cfg.Store != "" {
-		return cfg.Store
+		return cfg.Redacted().Store
 	}
 	return filepath.Join(cfg.DataDir, "herald.db")
 }

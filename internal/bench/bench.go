@@ -21,51 +21,71 @@ import (
 	"github.com/heraldmq/herald"
 	"github.com/heraldmq/herald/internal/history"
 	"github.com/heraldmq/herald/store"
+	"github.com/heraldmq/herald/store/postgres"
 )
 
 // Options are shared by every scenario.
 type Options struct {
 	// Store is where jobs live: "" for a fresh SQLite file in a temporary
-	// directory, a file path, or a URL understood by OpenStore.
+	// directory, a SQLite file path, or a postgres:// URL (a fresh schema
+	// is created in that database and dropped afterwards).
 	Store string
-	// Workers is the engine's global worker cap (0: scenario default).
+	// Workers is each engine's global worker cap (0: scenario default).
 	Workers int
+	// Nodes is how many engines share the store, each with its own
+	// connections, as separate processes would (PostgreSQL only).
+	// Defaults to 1.
+	Nodes int
 	// Out receives progress lines.
 	Out io.Writer
 	// Logger for the engine (nil: discard).
 	Logger *slog.Logger
 }
 
-// OpenStore opens the driver a --store flag names. It is a variable so the
-// PostgreSQL driver can plug in without this package importing it.
-var OpenStore = openSQLite
-
 // client opens the store and a client with kind "bench" running h.
 func (o Options) client(ctx context.Context, workers int, h herald.HandlerFunc) (*herald.Client, func(), error) {
-	drv, cleanup, err := OpenStore(ctx, o.Store)
+	single := o
+	single.Nodes = 1
+	cs, stop, err := single.clients(ctx, workers, h)
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := herald.New(herald.Config{Store: drv, Workers: workers, Logger: o.Logger, StatsInterval: time.Hour})
+	return cs[0], stop, nil
+}
+
+// clients opens o.Nodes stores on one database and a started client with
+// kind "bench" running h on each.
+func (o Options) clients(ctx context.Context, workers int, h herald.HandlerFunc) ([]*herald.Client, func(), error) {
+	nodes := max(o.Nodes, 1)
+	drvs, cleanup, err := openStores(ctx, o.Store, nodes)
 	if err != nil {
-		cleanup()
 		return nil, nil, err
 	}
-	if err := c.Register("bench", h, herald.KindConfig{}); err != nil {
-		cleanup()
-		return nil, nil, err
-	}
-	if err := c.Start(ctx); err != nil {
-		cleanup()
-		return nil, nil, err
-	}
+	var cs []*herald.Client
 	stop := func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_ = c.Stop(sctx)
+		for _, c := range cs {
+			_ = c.Stop(sctx)
+		}
 		cleanup()
 	}
-	return c, stop, nil
+	for i, drv := range drvs {
+		c, err := herald.New(herald.Config{Store: drv, Workers: workers, Logger: o.Logger, StatsInterval: time.Hour,
+			NodeName: fmt.Sprintf("bench-%d", i+1)})
+		if err == nil {
+			err = c.Register("bench", h, herald.KindConfig{})
+		}
+		if err == nil {
+			err = c.Start(ctx)
+		}
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		cs = append(cs, c)
+	}
+	return cs, stop, nil
 }
 
 func (o Options) printf(format string, args ...any) {
@@ -102,12 +122,14 @@ func randomKey(keys int) func(i int) int {
 
 // enqueueAll enqueues job i for i in [0,n) with key keyOf(i) in batches from several
 // producers, preserving per-key order: each producer owns a disjoint set of
-// keys, so per-key sequence numbers follow acknowledgement order.
-func enqueueAll(ctx context.Context, c *herald.Client, rec *history.Recorder, n, batch, producers int, keyOf func(i int) int) (time.Duration, error) {
+// keys, so per-key sequence numbers follow acknowledgement order. Producer
+// p enqueues through cs[p % len(cs)], spreading the load over the nodes.
+func enqueueAll(ctx context.Context, cs []*herald.Client, rec *history.Recorder, n, batch, producers int, keyOf func(i int) int) (time.Duration, error) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, producers)
 	for p := range producers {
+		c := cs[p%len(cs)]
 		wg.Go(func() {
 			seqs := map[int]int64{}
 			var buf []herald.EnqueueParams
@@ -194,6 +216,57 @@ func keyPicker(dist string, keys int, r *rand.Rand) (func(i int) int, error) {
 		return func(i int) int { return i % keys }, nil
 	}
 	return nil, fmt.Errorf("unknown distribution %q (want random or roundrobin)", dist)
+}
+
+// openStores opens n drivers on the store spec names. A PostgreSQL URL
+// gets a fresh schema, dropped by the cleanup function; SQLite (one
+// process per file) supports one node.
+func openStores(ctx context.Context, spec string, n int) ([]store.Driver, func(), error) {
+	if postgres.IsURL(spec) {
+		return openPostgres(ctx, spec, n)
+	}
+	if n != 1 {
+		return nil, nil, fmt.Errorf("%d nodes: SQLite serves one process; use a postgres:// store", n)
+	}
+	drv, cleanup, err := openSQLite(ctx, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []store.Driver{drv}, cleanup, nil
+}
+
+func openPostgres(ctx context.Context, spec string, n int) ([]store.Driver, func(), error) {
+	schema := fmt.Sprintf("herald_bench_%d", time.Now().UnixNano())
+	var drvs []*postgres.Store
+	cleanup := func() {
+		var errs []error
+		for _, d := range drvs {
+			errs = append(errs, d.Close())
+		}
+		if len(drvs) > 0 {
+			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			last, err := postgres.Open(dctx, spec, postgres.Options{Schema: schema})
+			if err == nil {
+				err = errors.Join(last.DropSchema(dctx), last.Close())
+			}
+			errs = append(errs, err)
+		}
+		if err := errors.Join(errs...); err != nil {
+			fmt.Fprintln(os.Stderr, "herald bench: cleanup:", err)
+		}
+	}
+	out := make([]store.Driver, 0, n)
+	for range n {
+		d, err := postgres.Open(ctx, spec, postgres.Options{Schema: schema})
+		if err != nil {
+			cleanup()
+			return nil, nil, err
+		}
+		drvs = append(drvs, d)
+		out = append(out, d)
+	}
+	return out, cleanup, nil
 }
 
 func openSQLite(ctx context.Context, spec string) (store.Driver, func(), error) {

@@ -25,6 +25,7 @@ func openSQLiteFile(ctx context.Context, path string) (*sqlite.Store, error) {
 // ThroughputResult is `herald bench throughput`'s JSON line.
 type ThroughputResult struct {
 	Scenario      string  `json:"scenario"`
+	Nodes         int     `json:"nodes"`
 	Jobs          int     `json:"jobs"`
 	Keys          int     `json:"keys"`
 	EnqueuePerS   float64 `json:"enqueue_per_s"`
@@ -42,7 +43,8 @@ func Throughput(ctx context.Context, o Options, jobs, keys, batch, producers int
 	pickups := make([]time.Duration, jobs)
 	var idx, done atomic.Int64
 	var last atomic.Int64
-	c, stop, err := o.client(ctx, cmp.Or(o.Workers, 1000), func(_ context.Context, j *herald.Job) error {
+	res.Nodes = max(o.Nodes, 1)
+	cs, stop, err := o.clients(ctx, cmp.Or(o.Workers, 1000), func(_ context.Context, j *herald.Job) error {
 		now := time.Now()
 		if i := idx.Add(1) - 1; i < int64(len(pickups)) {
 			pickups[i] = now.Sub(j.CreatedAt)
@@ -56,7 +58,7 @@ func Throughput(ctx context.Context, o Options, jobs, keys, batch, producers int
 	}
 	defer stop()
 	start := time.Now()
-	enq, err := enqueueAll(ctx, c, nil, jobs, batch, producers, randomKey(keys))
+	enq, err := enqueueAll(ctx, cs, nil, jobs, batch, producers, randomKey(keys))
 	if err != nil {
 		return res, err
 	}
@@ -76,17 +78,20 @@ func Throughput(ctx context.Context, o Options, jobs, keys, batch, producers int
 // LatencyResult is `herald bench latency`'s JSON line.
 type LatencyResult struct {
 	Scenario    string  `json:"scenario"`
+	Nodes       int     `json:"nodes"`
 	Samples     int     `json:"samples"`
 	PickupP50Ms float64 `json:"pickup_p50_ms"`
 	PickupP99Ms float64 `json:"pickup_p99_ms"`
 }
 
 // Latency measures enqueue call → handler start on an idle engine, one job
-// at a time.
+// at a time. With several nodes the first only enqueues (its kind is
+// paused), so every pickup crosses nodes: the other engines learn of the
+// job from the store's notifications.
 func Latency(ctx context.Context, o Options, samples int) (LatencyResult, error) {
-	res := LatencyResult{Scenario: "latency", Samples: samples}
+	res := LatencyResult{Scenario: "latency", Samples: samples, Nodes: max(o.Nodes, 1)}
 	started := make(chan time.Time, 1)
-	c, stop, err := o.client(ctx, cmp.Or(o.Workers, 100), func(context.Context, *herald.Job) error {
+	cs, stop, err := o.clients(ctx, cmp.Or(o.Workers, 100), func(context.Context, *herald.Job) error {
 		started <- time.Now()
 		return nil
 	})
@@ -94,9 +99,15 @@ func Latency(ctx context.Context, o Options, samples int) (LatencyResult, error)
 		return res, err
 	}
 	defer stop()
+	c := cs[0]
+	if len(cs) > 1 {
+		if err := c.Pause("bench"); err != nil {
+			return res, err
+		}
+	}
 	lat := make([]time.Duration, 0, samples)
 	for i := range samples {
-		time.Sleep(2 * time.Millisecond) // let the engine go idle again
+		time.Sleep(2 * time.Millisecond) // let the engines go idle again
 		t0 := time.Now()
 		if _, err := c.Enqueue(ctx, herald.EnqueueParams{Kind: "bench", Key: "k" + strconv.Itoa(i%10)}); err != nil {
 			return res, err
@@ -116,6 +127,7 @@ func Latency(ctx context.Context, o Options, samples int) (LatencyResult, error)
 // MakespanResult is `herald bench makespan`'s JSON line.
 type MakespanResult struct {
 	Scenario        string  `json:"scenario"`
+	Nodes           int     `json:"nodes"`
 	Events          int     `json:"events"`
 	Keys            int     `json:"keys"`
 	WorkS           float64 `json:"work_s"`
@@ -160,7 +172,8 @@ func Makespan(ctx context.Context, o Options, events, keys int, work time.Durati
 	rec.Grow(events, events)
 	var done atomic.Int64
 	var last atomic.Int64
-	c, stop, err := o.client(ctx, cmp.Or(o.Workers, max(keys, 100)), func(ctx context.Context, j *herald.Job) error {
+	res.Nodes = max(o.Nodes, 1)
+	cs, stop, err := o.clients(ctx, cmp.Or(o.Workers, max(keys, 100)), func(ctx context.Context, j *herald.Job) error {
 		finish := rec.Start(j.ID, j.Key, seqOf(j), j.Attempt)
 		select {
 		case <-time.After(work):
@@ -178,7 +191,7 @@ func Makespan(ctx context.Context, o Options, events, keys int, work time.Durati
 	}
 	defer stop()
 	start := time.Now()
-	enq, err := enqueueAll(ctx, c, rec, events, 500, 4, func(i int) int { return keyList[i] })
+	enq, err := enqueueAll(ctx, cs, rec, events, 500, 4, func(i int) int { return keyList[i] })
 	if err != nil {
 		return res, err
 	}
@@ -220,7 +233,7 @@ func Backlog(ctx context.Context, o Options, jobs, keys int) (BacklogResult, err
 	if err := c.Pause("bench"); err != nil {
 		return res, err
 	}
-	enq, err := enqueueAll(ctx, c, nil, jobs, 5000, 2, randomKey(keys))
+	enq, err := enqueueAll(ctx, []*herald.Client{c}, nil, jobs, 5000, 2, randomKey(keys))
 	if err != nil {
 		return res, err
 	}

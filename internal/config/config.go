@@ -33,7 +33,9 @@ type Config struct {
 	// Defaults to "./herald-data".
 	DataDir string `koanf:"data_dir"`
 	// Store selects the store: empty for the embedded SQLite database in
-	// DataDir, otherwise a SQLite file path (or, later, a postgres:// URL).
+	// DataDir, a SQLite file path, or a postgres:// URL (optionally with
+	// ?schema=name and ?poll_only=true for PgBouncer in transaction mode),
+	// which several nodes may share. Secret: Redacted hides its password.
 	// Defaults to "".
 	Store string `koanf:"store"`
 	// Workers is the global cap on concurrently running jobs.
@@ -42,9 +44,18 @@ type Config struct {
 	// NodeName identifies this process as lease owner. Defaults to "": the
 	// library picks a random name.
 	NodeName string `koanf:"node_name"`
+	// Lease is how long a claimed job stays this node's without renewal
+	// (renewed every third of it). After a node dies or stalls, its jobs
+	// run elsewhere once their lease ends: shorter means faster recovery,
+	// longer tolerates longer pauses (GC, a slow database). Defaults to 15s.
+	Lease time.Duration `koanf:"lease"`
 	// ShutdownTimeout is how long a stopping server lets running jobs
 	// finish before it gives them back to the queue. Defaults to 30s.
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
+	// PollInterval is the longest an idle node sleeps before looking for
+	// work other nodes added or that came due. Defaults to 0: the
+	// library's 1s.
+	PollInterval time.Duration `koanf:"poll_interval,omitempty"`
 	// MaxPayloadBytes caps one job's payload. Defaults to 1 MiB.
 	MaxPayloadBytes int `koanf:"max_payload_bytes"`
 	// MaxRequestBytes caps an HTTP request body, which bounds a batch.
@@ -243,6 +254,7 @@ func Default() Config {
 		Listen:          "127.0.0.1:8080",
 		DataDir:         "./herald-data",
 		Workers:         1000,
+		Lease:           15 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
 		MaxPayloadBytes: 1 << 20,
 		MaxRequestBytes: 32 << 20,
@@ -314,7 +326,9 @@ func (c Config) ClientConfig() herald.Config {
 		DataDir:         c.DataDir,
 		Workers:         c.Workers,
 		NodeName:        c.NodeName,
+		LeaseDuration:   c.Lease,
 		MaxPayloadBytes: c.MaxPayloadBytes,
+		PollInterval:    c.PollInterval,
 	}
 }
 

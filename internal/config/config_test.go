@@ -56,8 +56,8 @@ func TestRedacted(t *testing.T) {
 func TestLibraryMapping(t *testing.T) {
 	t.Parallel()
 	c := config.Default()
-	c.Workers, c.NodeName, c.DataDir, c.MaxPayloadBytes = 8, "node-a", "/d", 4096
-	want := herald.Config{DataDir: "/d", Workers: 8, NodeName: "node-a", MaxPayloadBytes: 4096}
+	c.Workers, c.NodeName, c.DataDir, c.MaxPayloadBytes, c.Lease = 8, "node-a", "/d", 4096, 2*time.Second
+	want := herald.Config{DataDir: "/d", Workers: 8, NodeName: "node-a", MaxPayloadBytes: 4096, LeaseDuration: 2 * time.Second}
 	if diff := cmp.Diff(want, c.ClientConfig()); diff != "" {
 		t.Errorf("ClientConfig (-want +got):\n%s", diff)
 	}

@@ -28,6 +28,7 @@ var flagKeys = map[string]string{
 	"data-dir":         "data_dir",
 	"store":            "store",
 	"workers":          "workers",
+	"lease":            "lease",
 	"insecure":         "insecure",
 	"log-level":        "log.level",
 	"log-format":       "log.format",
@@ -35,15 +36,16 @@ var flagKeys = map[string]string{
 }
 
 // RegisterFlags defines the flags that override configuration keys:
-// --listen, --data-dir, --store, --workers, --insecure, --log-level,
+// --listen, --data-dir, --store, --workers, --lease, --insecure, --log-level,
 // --log-format and --shutdown-timeout. Their defaults are shown in help
 // only; Load applies a flag only when the user set it.
 func RegisterFlags(flags *pflag.FlagSet) {
 	d := Default()
 	flags.String("listen", d.Listen, "HTTP API address, host:port (listen)")
 	flags.String("data-dir", d.DataDir, "directory of the embedded SQLite store (data_dir)")
-	flags.String("store", d.Store, `store: empty for SQLite in --data-dir, or a SQLite file path (store)`)
+	flags.String("store", d.Store, `store: empty for SQLite in --data-dir, a SQLite file path, or a postgres:// URL (store)`)
 	flags.Int("workers", d.Workers, "global cap on running jobs (workers)")
+	flags.Duration("lease", d.Lease, "how long a claimed job stays this node's without renewal (lease)")
 	flags.Bool("insecure", d.Insecure, "allow a non-loopback --listen without tokens (insecure)")
 	flags.String("log-level", d.Log.Level, "log level: debug, info, warn or error (log.level)")
 	flags.String("log-format", d.Log.Format, "log format: auto, text or json (log.format)")

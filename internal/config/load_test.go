@@ -61,6 +61,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"data_dir", "DataDir", c.DataDir, "./herald-data"},
 		{"store", "Store", c.Store, ""},
 		{"workers", "Workers", c.Workers, 1000},
+		{"lease", "Lease", c.Lease, 15 * time.Second},
 		{"shutdown_timeout", "ShutdownTimeout", c.ShutdownTimeout, 30 * time.Second},
 		{"max_payload_bytes", "MaxPayloadBytes", c.MaxPayloadBytes, 1 << 20},
 		{"max_request_bytes", "MaxRequestBytes", c.MaxRequestBytes, int64(32 << 20)},

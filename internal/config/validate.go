@@ -76,6 +76,10 @@ func (c Config) Validate() error {
 		v.fail("workers", "must be at least 1, got %d", c.Workers)
 	}
 	v.duration("shutdown_timeout", c.ShutdownTimeout)
+	if c.Lease < 100*time.Millisecond {
+		v.fail("lease", "must be at least 100ms, got %s", c.Lease)
+	}
+	v.duration("poll_interval", c.PollInterval)
 	if c.MaxPayloadBytes < 1 {
 		v.fail("max_payload_bytes", "must be at least 1, got %d", c.MaxPayloadBytes)
 	}

@@ -44,6 +44,9 @@ func TestValidate(t *testing.T) {
 		want   string // "" means valid
 	}{
 		{"defaults", func(*config.Config) {}, ""},
+		{"short lease", func(c *config.Config) { c.Lease = 2 * time.Second; c.PollInterval = 50 * time.Millisecond }, ""},
+
+		{"negative poll interval", func(c *config.Config) { c.PollInterval = -time.Second }, "poll_interval: must not be negative, got -1s"},
 		{"listen not host:port", func(c *config.Config) { c.Listen = "8080" }, "listen: must be host:port"},
 		{"listen bad port", func(c *config.Config) { c.Listen = "127.0.0.1:http" }, "listen: port must be a number"},
 		{"listen port out of range", func(c *config.Config) { c.Listen = "127.0.0.1:70000" }, "listen: port must be a number"},
@@ -59,6 +62,9 @@ func TestValidate(t *testing.T) {
 		{"no data dir", func(c *config.Config) { c.DataDir = "" }, "data_dir: must not be empty"},
 		{"no data dir with a store", func(c *config.Config) { c.DataDir = ""; c.Store = "/var/lib/h.db" }, ""},
 		{"workers zero", func(c *config.Config) { c.Workers = 0 }, "workers: must be at least 1"},
+		{"lease too short", func(c *config.Config) { c.Lease = 50 * time.Millisecond }, "lease: must be at least 100ms"},
+		{"lease zero", func(c *config.Config) { c.Lease = 0 }, "lease: must be at least 100ms"},
+		{"postgres store without data dir", func(c *config.Config) { c.DataDir = ""; c.Store = "postgres://h@db/herald" }, ""},
 		{"negative shutdown", func(c *config.Config) { c.ShutdownTimeout = -time.Second }, "shutdown_timeout: must not be negative"},
 		{"payload zero", func(c *config.Config) { c.MaxPayloadBytes = 0 }, "max_payload_bytes: must be at least 1"},
 		{"request below payload", func(c *config.Config) { c.MaxRequestBytes = 1024 }, "max_request_bytes: must be at least max_payload_bytes"},

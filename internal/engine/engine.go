@@ -14,6 +14,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,7 +62,9 @@ type Config struct {
 	Store   store.Driver
 	Kinds   map[string]Kind
 	Workers int
-	Owner   string
+	// Owner prefixes the lease owner name; New appends a random suffix
+	// (see Engine.Owner). Defaults to "node".
+	Owner string
 
 	Clock  clock.Clock
 	Logger *slog.Logger
@@ -116,6 +119,7 @@ type Engine struct {
 
 	metrics Metrics
 	stats   atomic.Pointer[store.Stats]
+	leases  leases
 }
 
 type kindState struct {
@@ -139,9 +143,11 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 1000
 	}
-	if cfg.Owner == "" {
-		cfg.Owner = fmt.Sprintf("node-%x", rand.Uint64())
-	}
+	// Every engine claims under a name of its own, even when the node's
+	// name is stable: renewals extend every running job of the owner, so a
+	// process restarted under its predecessor's name would keep the dead
+	// process's jobs leased forever, never rescued and never run.
+	cfg.Owner = fmt.Sprintf("%s-%08x", cmp.Or(cfg.Owner, "node"), rand.Uint32())
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}

@@ -102,7 +102,7 @@ func TestOutcome(t *testing.T) {
 			t.Parallel()
 			j := &store.Job{ID: 7, Kind: "k", Attempt: tt.attempt, MaxAttempts: tt.max}
 			f := e.outcome(kind(tt.block), j, tt.err, tt.cause)
-			if f.ID != 7 || f.Owner != "me" || f.Outcome != tt.want || f.BlockKey != tt.wantBlock {
+			if f.ID != 7 || f.Owner != e.Owner() || f.Outcome != tt.want || f.BlockKey != tt.wantBlock {
 				t.Fatalf("outcome = %+v, want outcome %d, block %v", f, tt.want, tt.wantBlock)
 			}
 			if !strings.Contains(f.Error, tt.wantMsg) || (tt.wantMsg == "" && f.Error != "") {
@@ -178,5 +178,109 @@ func TestNotStarted(t *testing.T) {
 	}
 	if err := e.Pause("nope", true); err == nil {
 		t.Error("Pause of an unknown kind succeeded")
+	}
+}
+
+// A worker that starts after its job's lease ended (the process stalled
+// between claim and start) must not run the handler: the job may already
+// run elsewhere. It hands the job back with a release instead.
+func TestWorkChecksLeaseBeforeStart(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name       string
+		leaseUntil time.Time
+		wantRun    bool
+		want       store.Outcome
+	}{
+		{"LeaseHeld", now.Add(time.Second), true, store.OutcomeCompleted},
+		{"LeaseEndsNow", now, false, store.OutcomeRelease},
+		{"LeaseEnded", now.Add(-time.Second), false, store.OutcomeRelease},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ran := false
+			e, err := New(Config{Store: nopStore{}, Clock: clock.NewFake(now), Owner: "node-a",
+				Kinds: map[string]Kind{"k": {Handler: func(context.Context, *store.Job) error {
+					ran = true
+					return nil
+				}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.workers.Add(1)
+			e.work(e.kinds["k"], &store.Job{ID: 7, Kind: "k", LeaseToken: 3, Attempt: 1, MaxAttempts: 3}, tt.leaseUntil)
+			f := <-e.finish
+			if ran != tt.wantRun {
+				t.Errorf("handler ran = %v, want %v", ran, tt.wantRun)
+			}
+			if f.Outcome != tt.want || f.ID != 7 || f.LeaseToken != 3 || f.Owner != e.Owner() {
+				t.Errorf("finish = %+v, want outcome %d for job 7 under node-a's token 3", f.FinishParams, tt.want)
+			}
+			if got := e.metrics.LeaseExpiredBeforeStart.Load(); (got == 1) == tt.wantRun {
+				t.Errorf("LeaseExpiredBeforeStart = %d", got)
+			}
+		})
+	}
+}
+
+// Renewals extend a claim only while their chain is unbroken: after a
+// stall past the lease, a late renewal must not revive older claims.
+func TestLeasesHeld(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	const d = 3 * time.Second
+	tests := []struct {
+		name     string
+		renewals []float64 // start times of successful renewals
+		claimEnd float64
+		now      float64
+		want     bool
+	}{
+		{"WithinOwnLease", nil, 3, 2.9, true},
+		{"OwnLeaseEnded", nil, 3, 3, false},
+		{"RenewedInTime", []float64{1, 2}, 3, 4.5, true},
+		{"RenewalRanOut", []float64{1, 2}, 3, 5, false},
+		{"StalledThenLateRenewal", []float64{1, 6}, 3, 6.5, false},
+		{"ClaimAfterLateRenewalChain", []float64{1, 6}, 8, 8.5, true},
+		{"ClaimRenewedByNewChain", []float64{1, 6, 7}, 7.5, 9, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var l leases
+			for _, r := range tt.renewals {
+				l.renewed(at(r), d)
+			}
+			if got := l.held(at(tt.claimEnd), at(tt.now)); got != tt.want {
+				t.Errorf("held(claim ends %vs, now %vs) after renewals %v = %v, want %v", tt.claimEnd, tt.now, tt.renewals, got, tt.want)
+			}
+		})
+	}
+	if !LeaseHeld(context.Background()) {
+		t.Error("LeaseHeld outside an attempt = false, want true")
+	}
+}
+
+// Two engines of one node name (a process and its restarted successor)
+// claim under different owners: renewals by the successor must not keep
+// the dead process's jobs leased.
+func TestOwnerUniquePerEngine(t *testing.T) {
+	t.Parallel()
+	owners := map[string]bool{}
+	for range 20 {
+		e, err := New(Config{Store: nopStore{}, Owner: "web-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(e.Owner(), "web-1-") {
+			t.Errorf("Owner() = %q, want the node name web-1 as its prefix", e.Owner())
+		}
+		owners[e.Owner()] = true
+	}
+	if len(owners) != 20 {
+		t.Errorf("20 engines named web-1 shared owners: %d distinct", len(owners))
 	}
 }

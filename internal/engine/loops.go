@@ -195,7 +195,7 @@ func (e *Engine) run() {
 		}
 		if claim != nil {
 			for _, j := range res.Claimed {
-				e.startJob(j)
+				e.startJob(j, claim.LeaseUntil)
 			}
 			mayClaim = len(res.Claimed) == claim.Max
 		}
@@ -313,14 +313,14 @@ func (e *Engine) freeSlots(rotate int) ([]store.KindLimit, int) {
 	return limits, min(global, e.cfg.MaxBatch)
 }
 
-func (e *Engine) startJob(j *store.Job) {
+func (e *Engine) startJob(j *store.Job, leaseUntil time.Time) {
 	k := e.kinds[j.Kind]
 	k.running++
 	e.running.Add(1)
 	e.metrics.Started.Add(1)
 	e.metrics.kind(j.Kind).Started.Add(1)
 	e.workers.Add(1)
-	go e.work(k, j)
+	go e.work(k, j, leaseUntil)
 }
 
 type finishRequest struct {
@@ -330,8 +330,21 @@ type finishRequest struct {
 }
 
 // work runs one attempt and hands its outcome to the store loop.
-func (e *Engine) work(k *kindState, j *store.Job) {
+// leaseUntil is the claim's lease end.
+func (e *Engine) work(k *kindState, j *store.Job, leaseUntil time.Time) {
 	defer e.workers.Done()
+	// A process stalled (SIGSTOP, a long GC pause, a frozen VM) between
+	// claiming a job and starting it may wake after its lease ended: the
+	// job may have been rescued and run elsewhere, maybe with its key's
+	// next jobs after it. Starting it now would overlap or reorder them,
+	// so it is handed back instead (fenced off if another node holds it).
+	if !e.leases.held(leaseUntil, e.clk.Now()) {
+		e.metrics.LeaseExpiredBeforeStart.Add(1)
+		e.log.Warn("job not started: its lease ended before a worker picked it up", "job_id", j.ID)
+		e.finish <- finishRequest{FinishParams: store.FinishParams{ID: j.ID, Owner: e.cfg.Owner,
+			LeaseToken: j.LeaseToken, Outcome: store.OutcomeRelease}, kind: j.Kind}
+		return
+	}
 	ctx := e.workCtx
 	var cancel context.CancelFunc
 	if k.Timeout > 0 {
@@ -341,6 +354,7 @@ func (e *Engine) work(k *kindState, j *store.Job) {
 	}
 	rec := &outputRecorder{}
 	ctx = context.WithValue(ctx, outputKey{}, rec)
+	ctx = context.WithValue(ctx, leaseKey{}, func() bool { return e.leases.held(leaseUntil, e.clk.Now()) })
 	start := time.Now()
 	err := call(ctx, k.Handler, j)
 	cause := context.Cause(ctx)
@@ -433,8 +447,12 @@ func (e *Engine) maintainLoop() {
 		now := e.clk.Now()
 		ctx := e.rootCtx
 		if !now.Before(nextRenew) {
-			if err := e.drv.RenewLeases(ctx, e.cfg.Owner, now.Add(e.cfg.LeaseDuration)); err != nil && ctx.Err() == nil {
-				e.log.Error("renew leases failed", "err", err)
+			if err := e.drv.RenewLeases(ctx, e.cfg.Owner, now.Add(e.cfg.LeaseDuration)); err != nil {
+				if ctx.Err() == nil {
+					e.log.Error("renew leases failed", "err", err)
+				}
+			} else {
+				e.leases.renewed(now, e.cfg.LeaseDuration)
 			}
 			nextRenew = now.Add(renewEvery)
 		}

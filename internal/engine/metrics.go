@@ -16,6 +16,9 @@ type Metrics struct {
 	Released  atomic.Int64 // interrupted by shutdown and returned to their line
 	Fenced    atomic.Int64 // outcomes dropped because the lease was lost
 	Pruned    atomic.Int64
+	// LeaseExpiredBeforeStart counts claimed jobs handed back unrun
+	// because the process stalled past their lease before starting them.
+	LeaseExpiredBeforeStart atomic.Int64
 
 	byKind sync.Map // string -> *KindMetrics
 }

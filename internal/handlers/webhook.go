@@ -101,6 +101,12 @@ func Webhook(cfg WebhookConfig) (herald.HandlerFunc, error) {
 		if cfg.Secret != "" {
 			req.Header.Set(HeaderSignature, Sign(cfg.Secret, ts, body))
 		}
+		// Last check before the receiver sees anything: a process that
+		// stalled past the lease must not deliver a job that another node
+		// may already have delivered, followed by its key's next ones.
+		if !herald.LeaseHeld(ctx) {
+			return errors.New("webhook: not sent: the job's lease ended (this process stalled)")
+		}
 		resp, err := client.Do(req)
 		if err != nil {
 			return fmt.Errorf("webhook: %w", err) // network trouble: retry

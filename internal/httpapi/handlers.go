@@ -542,7 +542,7 @@ func (s *Server) writeClientError(w http.ResponseWriter, r *http.Request, err er
 	case errors.Is(err, herald.ErrWrongState):
 		writeError(w, http.StatusConflict, apiError{Code: "wrong_state", Message: "the job is in the wrong state for this operation"})
 	case errors.Is(err, herald.ErrUnavailable):
-		s.unavailable(w, "unavailable", "the store cannot take writes right now; retry later")
+		s.unavailable(w, "store_unavailable", "the store cannot take writes right now (disk full, read-only or locked by another process); nothing was stored; retry later")
 	case errors.Is(err, herald.ErrStopped), errors.Is(err, herald.ErrNotStarted):
 		s.unavailable(w, "stopped", "the queue is not running; retry later")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

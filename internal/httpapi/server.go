@@ -11,6 +11,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -207,6 +208,15 @@ func (s *Server) guard(rt route) http.Handler {
 				s.setRetryAfter(w)
 				writeError(w, http.StatusTooManyRequests, apiError{
 					Code: "backlog_full", Message: "the backlog is over its limit; retry later",
+				})
+				return
+			}
+			// A declared length over the limit is refused before a byte of
+			// the body is read: the client learns at once, and the server
+			// does not wait out a body it will not take.
+			if r.ContentLength > s.opts.MaxRequestBytes {
+				writeError(w, http.StatusRequestEntityTooLarge, apiError{
+					Code: "request_too_large", Message: fmt.Sprintf("the request body exceeds %d bytes", s.opts.MaxRequestBytes),
 				})
 				return
 			}

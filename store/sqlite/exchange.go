@@ -402,7 +402,7 @@ type prefixScanner struct {
 }
 
 func (p prefixScanner) Scan(dest ...any) error {
-	return p.s.Scan(append(p.pre[:len(p.pre):len(p.pre)], dest...)...)
+	return p.s.Scan(append(slices.Clip(p.pre), dest...)...)
 }
 
 // handOffUpTo enables hand-offs within the cycle's claim, if it has one.

@@ -134,6 +134,15 @@ type Options struct {
 	CacheMiB int
 	// Readers is the number of read connections. Defaults to 4.
 	Readers int
+	// BusyTimeout is how long a write waits for a lock another process
+	// holds (a backup, the sqlite3 shell) before failing with
+	// store.ErrUnavailable. herald is the only writer of its database (the
+	// advisory lock keeps other herald processes out), so only outside
+	// tools contend; a write that fails is retried by the engine, and an
+	// enqueue answers 503 with Retry-After. Waiting longer than an HTTP
+	// client would only turns those 503s into client timeouts, and an
+	// enqueue may wait twice (its batch, then alone). Defaults to 2s.
+	BusyTimeout time.Duration
 }
 
 // Open opens (creating if needed) the database at path, applies migrations
@@ -144,6 +153,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	if opts.Readers <= 0 {
 		opts.Readers = 4
+	}
+	if opts.BusyTimeout <= 0 {
+		opts.BusyTimeout = 2 * time.Second
 	}
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -159,7 +171,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	s := &Store{path: path, lock: lock}
 	s.claims.init()
-	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)", opts.CacheMiB*1024)
+	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)",
+		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024)
 	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: open: %w", err), s.Close())

@@ -1,0 +1,313 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/heraldmq/herald/store"
+	"github.com/heraldmq/herald/store/postgres"
+	"github.com/heraldmq/herald/store/postgres/pgtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// openURL opens another store (another node) on the database u names.
+func openURL(t *testing.T, u string) *postgres.Store {
+	t.Helper()
+	s, err := postgres.Open(t.Context(), u, postgres.Options{MaxConns: 4})
+	if err != nil {
+		t.Fatalf("postgres.Open: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestOpenOptions(t *testing.T) {
+	t.Parallel()
+	base := pgtest.URL(t)
+	tests := []struct {
+		name       string
+		url        string
+		opts       postgres.Options
+		wantSchema string
+		wantErr    error
+	}{
+		{"URLSchema", pgtest.WithSchema(base, "herald_test_opt_a"), postgres.Options{}, "herald_test_opt_a", nil},
+		{"OptionsWin", pgtest.WithSchema(base, "herald_test_opt_a"), postgres.Options{Schema: "herald_test_opt_b"}, "herald_test_opt_b", nil},
+		{"BadSchema", pgtest.WithSchema(base, "Robert'); DROP TABLE x"), postgres.Options{}, "", postgres.ErrBadSchema},
+		{"PollOnly", pgtest.WithSchema(base, "herald_test_opt_c") + "&poll_only=true", postgres.Options{}, "herald_test_opt_c", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, err := postgres.Open(t.Context(), tt.url, tt.opts)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Open error = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := errors.Join(s.DropSchema(ctx), s.Close()); err != nil {
+					t.Error(err)
+				}
+			})
+			if s.Schema() != tt.wantSchema {
+				t.Errorf("Schema() = %q, want %q", s.Schema(), tt.wantSchema)
+			}
+			if err := s.Ping(t.Context()); err != nil {
+				t.Errorf("Ping: %v", err)
+			}
+		})
+	}
+}
+
+// Nodes starting at once on a new schema migrate it exactly once.
+func TestConcurrentMigrations(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		wg.Go(func() {
+			s, err := postgres.Open(t.Context(), u, postgres.Options{MaxConns: 2})
+			if err == nil {
+				err = s.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	s := openURL(t, u)
+	conn, err := pgx.Connect(t.Context(), pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background()) //nolint:errcheck // test connection
+	var n int
+	if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM `+pgx.Identifier{s.Schema(), "schema_migrations"}.Sanitize()).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("schema_migrations has %d rows, want 1 (one migration, applied once)", n)
+	}
+}
+
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on port 1.
+	_, err := postgres.Open(t.Context(), "postgres://postgres@127.0.0.1:1/test?connect_timeout=2", postgres.Options{})
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Open of an unreachable server: %v, want ErrUnavailable", err)
+	}
+	s := openTest(t)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.InsertMany(t.Context(), store.InsertManyParams{Now: time.Now(), Jobs: []store.InsertParams{{Kind: "k", Payload: []byte(`{}`), MaxAttempts: 1}}})
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("InsertMany on a closed store: %v, want ErrUnavailable", err)
+	}
+}
+
+// Two nodes insert batches of the same new keys in opposite orders and
+// finish each other's lines: advisory locks in sorted order must keep
+// them from deadlocking, and every key keeps exactly one line.
+func TestNodesShareNewKeys(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	nodes := []*postgres.Store{openURL(t, u), openURL(t, u)}
+	const rounds, keys = 30, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, len(nodes))
+	for n, s := range nodes {
+		wg.Go(func() {
+			owner := fmt.Sprintf("node-%d", n)
+			r := rand.New(rand.NewPCG(rand.Uint64(), 9))
+			for round := range rounds {
+				ps := make([]store.InsertParams, keys)
+				for i := range ps {
+					ps[i] = store.InsertParams{Kind: "k", Key: fmt.Sprintf("r%d-k%d", round, i), Payload: []byte(`{}`), MaxAttempts: 3}
+				}
+				r.Shuffle(len(ps), func(i, j int) { ps[i], ps[j] = ps[j], ps[i] })
+				now := time.Now()
+				res, err := s.Exchange(t.Context(), store.ExchangeParams{Now: now, Inserts: ps,
+					Claim: &store.ClaimParams{Now: now, Owner: owner, LeaseUntil: now.Add(time.Minute),
+						Limits: []store.KindLimit{{Kind: "k", Max: keys / 2}}, Max: keys / 2}})
+				if err != nil {
+					errs <- fmt.Errorf("%s round %d: insert: %w", owner, round, err)
+					return
+				}
+				fs := make([]store.FinishParams, len(res.Claimed))
+				for i, j := range res.Claimed {
+					fs[i] = store.FinishParams{ID: j.ID, Owner: owner, LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+				}
+				if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
+					errs <- fmt.Errorf("%s round %d: finish: %w", owner, round, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Drain what is left: every job runs once and every line goes away.
+	for spins := 0; ; spins++ {
+		if spins > 1000 {
+			t.Fatal("could not drain the store")
+		}
+		now := time.Now()
+		jobs, err := nodes[0].Claim(t.Context(), store.ClaimParams{Now: now, Owner: "drain", LeaseUntil: now.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) == 0 {
+			break
+		}
+		fs := make([]store.FinishParams, len(jobs))
+		for i, j := range jobs {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "drain", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		if _, err := nodes[0].FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := nodes[1].Stats(t.Context(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := st.ByKindState["k"][store.StateCompleted], int64(len(nodes)*rounds*keys); got != want || len(st.ByKindState["k"]) != 1 {
+		t.Errorf("jobs by state %v, want all %d completed", st.ByKindState["k"], want)
+	}
+	for _, key := range []string{"r0-k0", fmt.Sprintf("r%d-k%d", rounds-1, keys-1)} {
+		if l, err := nodes[1].Line(t.Context(), key); err != nil || l.Head != nil || l.Pending != 0 {
+			t.Errorf("line of %s after draining: %+v, %v; want none", key, l, err)
+		}
+	}
+}
+
+func TestListen(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	listener, writer := openURL(t, u), openURL(t, u)
+	woken := make(chan struct{}, 100)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- listener.Listen(ctx, func() { woken <- struct{}{} }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Listen returned %v after its context ended", err)
+		}
+	}()
+	waitWake := func(what string) {
+		t.Helper()
+		select {
+		case <-woken:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no wake-up within 5s %s", what)
+		}
+	}
+	drain := func() {
+		for len(woken) > 0 {
+			<-woken
+		}
+	}
+	waitWake("when listening started")
+	insert := func() {
+		t.Helper()
+		if _, err := writer.InsertMany(t.Context(), store.InsertManyParams{Now: time.Now(),
+			Jobs: []store.InsertParams{{Kind: "k", Key: "a", Payload: []byte(`{}`), MaxAttempts: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain()
+	insert()
+	waitWake("after another node inserted")
+
+	// Kill the listening connection: the listener reconnects by itself.
+	conn, err := pgx.Connect(t.Context(), pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background()) //nolint:errcheck // test connection
+	var killed int
+	err = conn.QueryRow(t.Context(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE query LIKE 'LISTEN %' AND query LIKE '%'||$1||'%'`, listener.Schema()).Scan(&killed)
+	if err != nil || killed != 1 {
+		t.Fatalf("terminate the listening connection: %d terminated, %v", killed, err)
+	}
+	waitWake("after reconnecting")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		drain()
+		insert()
+		select {
+		case <-woken:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no wake-up for inserts after the connection was killed")
+		}
+	}
+}
+
+func TestElect(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	elect := func(owner string, ttl time.Duration) bool {
+		t.Helper()
+		ok, err := s.Elect(t.Context(), owner, ttl)
+		if err != nil {
+			t.Fatalf("Elect(%s): %v", owner, err)
+		}
+		return ok
+	}
+	steps := []struct {
+		owner string
+		ttl   time.Duration
+		sleep time.Duration // before the step
+		want  bool
+	}{
+		{"a", 300 * time.Millisecond, 0, true},
+		{"b", 300 * time.Millisecond, 0, false},
+		{"a", 300 * time.Millisecond, 0, true}, // a leader extends its own term
+		{"b", 300 * time.Millisecond, 0, false},
+		{"b", time.Second, 400 * time.Millisecond, true}, // a's term ran out
+		{"a", time.Second, 0, false},
+	}
+	var got []bool
+	for _, st := range steps {
+		time.Sleep(st.sleep)
+		got = append(got, elect(st.owner, st.ttl))
+	}
+	want := make([]bool, len(steps))
+	for i, st := range steps {
+		want[i] = st.want
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("election results %v, want %v", got, want)
+	}
+}

@@ -1,0 +1,193 @@
+package postgres
+
+import (
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// statements are the driver's SQL with the schema filled in. Names are
+// qualified rather than left to search_path, which PgBouncer in
+// transaction mode does not carry between transactions.
+type statements struct {
+	lockKeys, insert, releaseIdem, lookupIdem, finish, claim, notify string
+	get, nextRunAt, renew, rescueFind, rescue, elect                 string
+}
+
+// The state codes stored in jobs.state. The order matters: state < 4
+// means "still in line".
+const (
+	stScheduled = 0
+	stAvailable = 1
+	stRunning   = 2
+	stRetryable = 3
+	stCompleted = 4
+	stDiscarded = 5
+	stCancelled = 6
+)
+
+// jobColumns are a job's columns on alias j; queries that scan a job add a
+// last column saying whether it heads its line.
+const jobColumns = `j.id, j.kind, j.key, j.payload, j.state, j.attempt, j.max_attempts, j.run_at, j.due_at,
+	j.idempotency_key, j.errors, j.created_at, j.started_at, j.finished_at, j.output, j.lease_owner, j.lease_token`
+
+// headColumn: an unordered job is its own head until finalized; an ordered
+// one is the head when its line says so.
+const headColumn = `CASE WHEN j.key = '' THEN j.state < 4
+	ELSE EXISTS (SELECT 1 FROM _s.lines l WHERE l.key = j.key AND l.head_id = j.id) END`
+
+const selectJob = `SELECT ` + jobColumns + `, ` + headColumn + ` FROM _s.jobs j`
+
+func render(schema string) statements {
+	q := pgx.Identifier{schema}.Sanitize() + "."
+	r := func(s string) string { return strings.ReplaceAll(s, "_s.", q) }
+	return statements{
+		lockKeys:    r(lockKeysSQL),
+		insert:      r(insertSQL),
+		releaseIdem: r(`UPDATE _s.jobs SET idempotency_key = NULL WHERE idempotency_key = ANY($1::text[]) AND created_at < $2`),
+		lookupIdem:  r(selectJob + ` WHERE j.idempotency_key = ANY($1::text[])`),
+		finish:      r(finishSQL),
+		claim:       r(claimSQL),
+		notify:      `SELECT pg_notify($1, '')`,
+		get:         r(selectJob + ` WHERE j.id = $1`),
+		nextRunAt: r(`SELECT least(
+			(SELECT min(run_at) FROM _s.lines WHERE kind = ANY($1::text[]) AND blocked = 0),
+			(SELECT min(run_at) FROM _s.jobs WHERE key = '' AND kind = ANY($1::text[]) AND state IN (0, 1, 3)))`),
+		renew:      r(`UPDATE _s.jobs SET lease_until = $2 WHERE state = 2 AND lease_owner = $1`),
+		rescueFind: r(`SELECT id FROM _s.jobs WHERE state = 2 AND lease_until < $1`),
+		rescue:     r(rescueSQL),
+		elect: r(`INSERT INTO _s.leader AS l (name, owner, until) VALUES ('maintenance', $1, now() + $2::int8 * interval '1 millisecond')
+			ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+			WHERE l.owner = excluded.owner OR l.until < now()
+			RETURNING owner`),
+	}
+}
+
+// lockKeysSQL takes the advisory lock of every line a transaction writes:
+// the keys of jobs it inserts ($2) and of jobs it finishes ($3), in sorted
+// order so two transactions never wait for each other in a cycle. The
+// locks cover keys that have no line yet, which row locks cannot.
+const lockKeysSQL = `SELECT count(*) FROM (
+	SELECT pg_advisory_xact_lock(h) FROM (
+		SELECT DISTINCT hashtextextended(k, $1) AS h FROM (
+			SELECT unnest($2::text[]) AS k
+			UNION ALL SELECT key FROM _s.jobs WHERE id = ANY($3::int8[])
+		) keys WHERE k <> '' ORDER BY h
+	) sorted
+) locked`
+
+// insertSQL inserts a batch and places each key's earliest newcomer in its
+// line: a key without a line gets one headed by it; a line whose head is
+// not running, not blocked and due later gives the newcomer its place
+// (a started head is never due later than a newcomer, so it keeps it).
+// Ids come from the identity in insertion (ord) order.
+const insertSQL = `WITH src AS (
+	SELECT * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::int2[], $7::int4[], $8::text[])
+		WITH ORDINALITY AS s(kind, key, payload, due, state, max_attempts, idem, ord)
+), ins AS (
+	INSERT INTO _s.jobs (kind, key, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at)
+	SELECT kind, key, payload, state, max_attempts, due, due, NULLIF(idem, ''), $1 FROM src ORDER BY ord
+	RETURNING id, key, kind, run_at, due_at
+), arrivals AS (
+	SELECT DISTINCT ON (key) key, id, kind, run_at, due_at FROM ins WHERE key <> '' ORDER BY key, due_at, id
+), placed AS (
+	INSERT INTO _s.lines AS l (key, head_id, kind, run_at, due_at)
+	SELECT key, id, kind, run_at, due_at FROM arrivals ORDER BY key
+	ON CONFLICT (key) DO UPDATE SET head_id = excluded.head_id, kind = excluded.kind,
+		run_at = excluded.run_at, due_at = excluded.due_at
+	WHERE l.blocked = 0 AND (excluded.due_at, excluded.head_id) < (l.due_at, l.head_id)
+	RETURNING head_id
+)
+SELECT ins.id, ins.key = '' OR ins.id IN (SELECT head_id FROM placed) FROM ins ORDER BY ins.id`
+
+// finishSQL records outcomes of attempts still leased to the finisher
+// (owner and token must match: anything else is fenced off and returned
+// nothing for) and moves their lines: a completed or discarded head hands
+// its line to the next job in line order, or the line goes; a retried or
+// released head stays, waiting for its run_at; a blocking dead letter
+// holds its line. Outcome codes are store.Outcome values.
+const finishSQL = `WITH f AS (
+	SELECT * FROM unnest($3::int8[], $4::text[], $5::int8[], $6::int2[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bool[])
+		AS f(id, owner, token, outcome, err, retry_at, output, block)
+), done AS (
+	UPDATE _s.jobs j SET
+		state = CASE f.outcome WHEN 1 THEN 4 WHEN 2 THEN 3 WHEN 3 THEN 5
+			ELSE CASE WHEN j.errors IS NULL THEN 1 ELSE 3 END END,
+		attempt = CASE WHEN f.outcome = 4 THEN j.attempt - 1 ELSE j.attempt END,
+		run_at = CASE WHEN f.outcome = 2 THEN f.retry_at ELSE j.run_at END,
+		finished_at = CASE WHEN f.outcome IN (1, 3) THEN $1::timestamptz END,
+		errors = CASE WHEN f.outcome IN (2, 3) THEN coalesce(j.errors, '[]'::jsonb) ||
+			jsonb_build_array(jsonb_build_object('at', $2::text, 'attempt', j.attempt, 'message', f.err))
+			ELSE j.errors END,
+		output = coalesce(f.output, j.output),
+		lease_owner = NULL, lease_token = NULL, lease_until = NULL
+	FROM f
+	-- id = ANY steers the planner to the primary key: the running-jobs
+	-- index it would otherwise scan is full of dead entries under load.
+	WHERE j.id = ANY($3::int8[]) AND j.id = f.id AND j.state = 2 AND j.lease_owner = f.owner AND j.lease_token = f.token
+	RETURNING j.id, j.key, j.kind, j.run_at, j.due_at, f.outcome, f.block
+), moves AS (
+	SELECT d.key, n.id AS head_id, n.kind, n.run_at, n.due_at, 0::int2 AS blocked
+	FROM done d LEFT JOIN LATERAL (
+		SELECT x.id, x.kind, x.run_at, x.due_at FROM _s.jobs x
+		WHERE x.key = d.key AND x.key <> '' AND x.state < 4 AND (x.due_at, x.id) > (d.due_at, d.id)
+		ORDER BY x.due_at, x.id LIMIT 1
+	) n ON true
+	WHERE d.key <> '' AND (d.outcome = 1 OR (d.outcome = 3 AND NOT d.block))
+	UNION ALL
+	SELECT d.key, d.id, d.kind, d.run_at, d.due_at, (CASE WHEN d.outcome = 3 THEN 1 ELSE 0 END)::int2
+	FROM done d WHERE d.key <> '' AND (d.outcome IN (2, 4) OR (d.outcome = 3 AND d.block))
+), dropped AS (
+	DELETE FROM _s.lines l USING moves m WHERE l.key = m.key AND m.head_id IS NULL
+), moved AS (
+	UPDATE _s.lines l SET head_id = m.head_id, kind = m.kind, run_at = m.run_at, due_at = m.due_at, blocked = m.blocked
+	FROM moves m WHERE l.key = m.key AND m.head_id IS NOT NULL
+)
+SELECT id FROM done`
+
+// claimSQL takes ready heads kind by kind (in the order given, each up to
+// its cap, the whole up to $4), ordered and unordered competing by run_at,
+// skipping rows other transactions hold: nodes never wait for each other.
+const claimSQL = `WITH k AS (
+	SELECT * FROM unnest($2::text[], $3::int4[]) WITH ORDINALITY AS k(kind, n, ord) WHERE n > 0
+), cand AS (
+	SELECT c.id, c.key, c.run_at, k.ord FROM k CROSS JOIN LATERAL (
+		SELECT * FROM (
+			SELECT * FROM (
+				SELECT l.head_id AS id, l.key, l.run_at FROM _s.lines l
+				WHERE l.kind = k.kind AND l.blocked = 0 AND l.run_at <= $1
+				ORDER BY l.run_at, l.head_id LIMIT k.n
+				FOR NO KEY UPDATE SKIP LOCKED
+			) a
+			UNION ALL
+			SELECT * FROM (
+				SELECT j.id, j.key, j.run_at FROM _s.jobs j
+				WHERE j.key = '' AND j.kind = k.kind AND j.state IN (0, 1, 3) AND j.run_at <= $1
+				ORDER BY j.run_at, j.id LIMIT k.n
+				FOR NO KEY UPDATE SKIP LOCKED
+			) b
+		) u ORDER BY u.run_at, u.id LIMIT k.n
+	) c
+), pick AS (
+	SELECT id, key FROM cand ORDER BY ord, run_at, id LIMIT $4
+), marked AS (
+	UPDATE _s.lines l SET blocked = 2 FROM pick p WHERE p.key <> '' AND l.key = p.key
+)
+UPDATE _s.jobs j SET state = 2, attempt = j.attempt + 1, started_at = $1, lease_owner = $5, lease_until = $6,
+	lease_token = nextval('_s.lease_tokens')
+FROM pick p WHERE j.id = p.id
+RETURNING ` + jobColumns + `, true`
+
+// rescueSQL returns running jobs whose lease ended before $1 to their
+// lines as retryable now, recording the interrupted attempt.
+const rescueSQL = `WITH r AS (
+	UPDATE _s.jobs j SET state = 3, run_at = $1,
+		errors = coalesce(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object('at', $3::text,
+			'attempt', j.attempt, 'message', 'interrupted: lease of ' || j.lease_owner || ' expired (node died or stalled)')),
+		lease_owner = NULL, lease_token = NULL, lease_until = NULL
+	WHERE j.state = 2 AND j.lease_until < $2
+	RETURNING j.id, j.key
+), lines AS (
+	UPDATE _s.lines l SET blocked = 0, run_at = $1 FROM r WHERE r.key <> '' AND l.key = r.key AND l.head_id = r.id
+)
+SELECT count(*) FROM r`
