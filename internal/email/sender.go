@@ -291,6 +291,11 @@ func (e *ThrottledError) Is(target error) bool { return target == ErrThrottled }
 type Envelope struct {
 	From string
 	To   []string
+	// Proceed, if set, is asked once a connection is ready, just before the
+	// first command: false abandons the send with ErrAbandoned (herald
+	// passes its lease check, since waiting for a connection or the rate
+	// limits may outlast the job's lease).
+	Proceed func() bool
 }
 
 // throttling reports replies that mean "slow down" (RFC 5321 4.2.2,
@@ -359,7 +364,7 @@ func (s *Sender) Send(ctx context.Context, env Envelope, data []byte) ([]Recipie
 		if ctx.Err() != nil {
 			return results, err
 		}
-		if errors.Is(err, errAfterData) {
+		if errors.Is(err, errAfterData) || errors.Is(err, ErrAbandoned) {
 			return results, err
 		}
 		errs = append(errs, err)
@@ -460,6 +465,10 @@ func (s *Sender) sendVia(ctx context.Context, p *pool, env Envelope, data []byte
 	}
 	healthy := false
 	defer func() { p.put(c, healthy, s.cfg.Now()) }()
+	if env.Proceed != nil && !env.Proceed() {
+		healthy = true // untouched
+		return ErrAbandoned
+	}
 	// Cancelling ctx interrupts a blocked command through the deadline.
 	stop := context.AfterFunc(ctx, c.interrupt)
 	defer func() { stop() }()

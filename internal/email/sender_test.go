@@ -439,3 +439,23 @@ func TestMessageTooLarge(t *testing.T) {
 		t.Error("an oversized message was sent to the server")
 	}
 }
+
+func TestProceedAbandons(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, smtptest.Options{})
+	s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), 1)}})
+	res, err := s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"b@example.org"}, Proceed: func() bool { return false }}, testData)
+	if !errors.Is(err, ErrAbandoned) || res[0].Status != StatusDeferred {
+		t.Fatalf("err = %v, result %+v; want ErrAbandoned and the recipient deferred", err, res[0])
+	}
+	if srv.Count() != 0 {
+		t.Error("an abandoned message reached the server")
+	}
+	// The untouched connection is reused.
+	if _, err := s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"b@example.org"}}, testData); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Conns() != 1 || srv.Count() != 1 {
+		t.Errorf("conns %d, messages %d; want 1 and 1", srv.Conns(), srv.Count())
+	}
+}

@@ -181,7 +181,12 @@ func Email(cfg EmailConfig) (herald.HandlerFunc, error) {
 		if err != nil {
 			return herald.Permanent(fmt.Errorf("email: from: %w", err))
 		}
-		results, sendErr := cfg.Sender.Send(ctx, email.Envelope{From: from.Address, To: todo}, data)
+		// The lease is checked once a connection is ready, just before the
+		// server sees anything: a process that stalled past the lease must
+		// not send a message another node may already have sent.
+		results, sendErr := cfg.Sender.Send(ctx, email.Envelope{
+			From: from.Address, To: todo, Proceed: func() bool { return herald.LeaseHeld(ctx) },
+		}, data)
 		out.Recipients = append(out.Recipients, results...)
 		if results == nil {
 			for _, to := range todo {
