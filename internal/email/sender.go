@@ -350,6 +350,10 @@ func (s *Sender) Send(ctx context.Context, env Envelope, data []byte) ([]Recipie
 			}
 			continue
 		}
+		for _, i := range send {
+			// A failed server's answers do not carry over to the next one.
+			results[i] = RecipientResult{Address: env.To[i], Status: StatusDeferred}
+		}
 		err := s.sendVia(ctx, p, env, data, results, send)
 		if err == nil {
 			return results, nil
@@ -538,9 +542,10 @@ func (s *Sender) pipelined(p *pool, c *conn, env Envelope, data []byte, results 
 			if _, ok := errors.AsType[*textproto.Error](err); !ok {
 				return true, fmt.Errorf("email: %s RSET: %w", server, err)
 			}
-			// A refused RSET leaves the pipeline's replies unread: the
-			// connection is not reused.
-			return false, &ReplyError{Command: "RSET", Server: server, Reply: toReply(err.(*textproto.Error))} //nolint:errorlint // checked just above
+			// A refused RSET says nothing about the message: not a
+			// ReplyError (which would fail the job), and the connection,
+			// its pipeline replies unread, is not reused.
+			return false, fmt.Errorf("email: %s refused RSET: %w", server, err)
 		}
 	}
 	_, _, mailErr := tp.ReadResponse(250)
@@ -606,7 +611,7 @@ func (s *Sender) stepwise(p *pool, c *conn, env Envelope, data []byte, results [
 			if _, ok := errors.AsType[*textproto.Error](err); !ok {
 				return true, err
 			}
-			return false, s.transactionError(p, "RSET", err, healthy)
+			return false, fmt.Errorf("email: %s refused RSET: %w", p.cfg.Addr, err) // not the message's fault: next server
 		}
 	}
 	if err := c.c.Mail("<" + env.From + ">"); err != nil {

@@ -459,3 +459,27 @@ func TestProceedAbandons(t *testing.T) {
 		t.Errorf("conns %d, messages %d; want 1 and 1", srv.Conns(), srv.Count())
 	}
 }
+
+// TestFailoverForgetsFirstServersAnswers: recipients answered by a server
+// that then failed are judged by the server that took the message.
+func TestFailoverForgetsFirstServersAnswers(t *testing.T) {
+	t.Parallel()
+	primary := startServer(t, smtptest.Options{Rcpt: func(to string) *smtptest.Reply {
+		if to == "a@example.org" {
+			return &smtptest.Reply{Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "not here"}
+		}
+		return smtptest.Disconnect
+	}})
+	backup := startServer(t, smtptest.Options{})
+	s := newSender(t, Config{Servers: []ServerConfig{plain(primary.Addr(), 1), plain(backup.Addr(), 1)}})
+	s.pools[0].stepwise = true // the refusal arrives before the disconnect
+	res, err := s.Send(t.Context(), Envelope{From: "x@example.com", To: []string{"a@example.org", "b@example.org"}}, testData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Status != StatusSent || r.Server != backup.Addr() || r.Reply == nil || r.Reply.Code != 250 {
+			t.Errorf("%s: %s via %s (%+v); want sent via the backup", r.Address, r.Status, r.Server, r.Reply)
+		}
+	}
+}
