@@ -65,7 +65,9 @@ func run(t *testing.T, cfg chaos.Config) chaos.Result {
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	res, err := chaos.Run(ctx, cfg)
-	t.Logf("chaos summary:\n%s", res.Summary())
+	if err == nil || errors.Is(err, chaos.ErrFailed) {
+		t.Logf("chaos summary:\n%s", res.Summary())
+	}
 	if err != nil {
 		t.Fatalf("chaos: %v", err)
 	}
@@ -121,9 +123,23 @@ func TestChaosPostgresMultiNode(t *testing.T) {
 	if !postgresDriverPresent(t) {
 		t.Skip("package store/postgres does not exist yet: herald serve cannot take a postgres:// store; this test runs as soon as it does")
 	}
-	res := run(t, chaos.Config{Postgres: true, Nodes: 3, Cycles: 5, Events: 2500, LatencyEvents: -1, Lease: 2 * time.Second})
-	if res.Cycles != 5 {
-		t.Errorf("ran %d cycles, want 5", res.Cycles)
+	if _, err := chaos.PostgresBin(); err != nil {
+		if os.Getenv("HERALD_REQUIRE_SERVICES") == "1" {
+			t.Fatalf("HERALD_REQUIRE_SERVICES=1 but %v", err)
+		}
+		t.Skipf("%v: install postgresql to run the multi-node harness", err)
+	}
+	// Six cycles deal at least six faults: the whole deck, so every kind
+	// (two kills) happens in every run.
+	faults := []string{chaos.FaultKill, chaos.FaultKill, chaos.FaultStop, chaos.FaultPGRestart, chaos.FaultTerm, chaos.FaultSink}
+	res := run(t, chaos.Config{Postgres: true, Nodes: 3, Cycles: 6, Events: 3000, LatencyEvents: -1, Lease: 2 * time.Second, Faults: faults})
+	if res.Cycles != 6 {
+		t.Errorf("ran %d cycles, want 6", res.Cycles)
+	}
+	for _, f := range faults {
+		if res.Faults[f] == 0 {
+			t.Errorf("no %s fault in 6 cycles (faults: %v)", f, res.Faults)
+		}
 	}
 }
 

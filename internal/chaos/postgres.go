@@ -22,6 +22,7 @@ var ErrNoPostgres = errors.New("chaos: PostgreSQL server binaries (initdb, pg_ct
 // started with initdb/pg_ctl. The harness restarts it as a fault; it never
 // touches the machine's shared server.
 type postgres struct {
+	base   string // temporary directory holding all of it
 	bin    string // directory holding initdb and pg_ctl
 	dir    string // data directory
 	sock   string // unix socket directory
@@ -30,6 +31,10 @@ type postgres struct {
 	runAs  string // PostgreSQL refuses to run as root: run as this user
 	params string // pg_ctl -o options
 }
+
+// PostgresBin returns the directory of the PostgreSQL server tools the
+// harness uses for its private instance, or ErrNoPostgres.
+func PostgresBin() (string, error) { return findPostgresBin() }
 
 // findPostgresBin returns the newest /usr/lib/postgresql/*/bin with pg_ctl,
 // or the directory of pg_ctl on PATH.
@@ -49,13 +54,20 @@ func findPostgresBin() (string, error) {
 	return "", ErrNoPostgres
 }
 
-// newPostgres creates (initdb) a cluster under dir; start runs it.
-func newPostgres(ctx context.Context, dir string) (*postgres, error) {
+// newPostgres creates (initdb) a cluster in a new temporary directory;
+// start runs it, remove deletes it. Not under the harness's directory:
+// when running as root the server runs as another user, who must be able
+// to reach it, and the harness's directory may sit below private ones.
+func newPostgres(ctx context.Context) (*postgres, error) {
 	bin, err := findPostgresBin()
 	if err != nil {
 		return nil, err
 	}
-	pg := &postgres{bin: bin, dir: filepath.Join(dir, "pgdata"), sock: filepath.Join(dir, "pgsock"), logf: filepath.Join(dir, "postgres.log")}
+	dir, err := os.MkdirTemp("", "herald-chaos-pg-")
+	if err != nil {
+		return nil, err
+	}
+	pg := &postgres{base: dir, bin: bin, dir: filepath.Join(dir, "pgdata"), sock: filepath.Join(dir, "pgsock"), logf: filepath.Join(dir, "postgres.log")}
 	if os.Geteuid() == 0 {
 		pg.runAs = "postgres"
 	}
@@ -78,13 +90,6 @@ func newPostgres(ctx context.Context, dir string) (*postgres, error) {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		// The server must reach dir: a run directory from os.MkdirTemp is
-		// 0700, so let others traverse it (not list it).
-		if fi, err := os.Stat(filepath.Dir(dir)); err == nil && fi.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(filepath.Dir(dir), fi.Mode().Perm()|0o011); err != nil {
-				return nil, err
-			}
-		}
 		for _, p := range []string{dir, pg.dir, pg.sock} {
 			if err := os.Chown(p, uid, gid); err != nil {
 				return nil, err
@@ -134,3 +139,6 @@ func (pg *postgres) stop(ctx context.Context, mode string) error {
 	}
 	return nil
 }
+
+// remove deletes the cluster's directory; stop it first.
+func (pg *postgres) remove() error { return os.RemoveAll(pg.base) }

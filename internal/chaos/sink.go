@@ -47,6 +47,14 @@ type Faults struct {
 	// TimeoutRate is the chance that a delivery is held until herald's
 	// webhook timeout cancels it. Defaults to 0.
 	TimeoutRate float64 `json:"timeout_rate"`
+	// TimeoutHold bounds such a hold, like a receiver's own request
+	// timeout: a held delivery ends when herald hangs up or after this
+	// long, whichever is first. Unbounded, a request from a node frozen
+	// past its lease would stay open at the receiver while the rescued
+	// retry runs, an overlap no lease can prevent without fencing at the
+	// receiver. Set it a little above herald's webhook timeout.
+	// Defaults to 0: no bound.
+	TimeoutHold time.Duration `json:"timeout_hold"`
 }
 
 // SinkConfig configures RunSink.
@@ -121,8 +129,18 @@ func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "injected failure", http.StatusInternalServerError)
 		return
 	case roll < f.FailRate+f.TimeoutRate:
-		<-r.Context().Done() // herald's webhook timeout ends it
+		var limit <-chan time.Time
+		if f.TimeoutHold > 0 {
+			t := time.NewTimer(f.TimeoutHold - time.Since(start))
+			defer t.Stop()
+			limit = t.C
+		}
+		select {
+		case <-r.Context().Done(): // herald's webhook timeout ends it
+		case <-limit:
+		}
 		_ = end(resultTimeout)
+		http.Error(w, "held past the timeout", http.StatusGatewayTimeout)
 		return
 	case p.Key == f.SlowKey && f.SlowKey != "":
 		wait = f.SlowDelay

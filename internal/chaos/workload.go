@@ -55,6 +55,8 @@ type workload struct {
 	poisonUIDs    map[int64]bool
 	poisonJobs    map[int64]int64 // acked poison uid -> herald job id
 	rejectCodes   map[string]int
+	// ambiguous holds the uids answered 503 commit_unknown.
+	ambiguous map[int64]bool
 }
 
 func newWorkload(nodes []*process, keys int, zipfS, zipfV float64, seed uint64, kind string) *workload {
@@ -68,7 +70,7 @@ func newWorkload(nodes []*process, keys int, zipfS, zipfV float64, seed uint64, 
 		rnd: rnd, zipf: rand.NewZipf(rnd, zipfS, zipfV, uint64(keys-1)), //nolint:gosec // keys ≥ 2 (validated),
 		special:       0.01,
 		indeterminate: map[int64]bool{}, sentAt: map[int64]time.Time{}, phaseOf: map[int64]string{},
-		poisonUIDs: map[int64]bool{}, poisonJobs: map[int64]int64{}, rejectCodes: map[string]int{},
+		poisonUIDs: map[int64]bool{}, poisonJobs: map[int64]int64{}, rejectCodes: map[string]int{}, ambiguous: map[int64]bool{},
 	}
 	for i := range keys {
 		w.keys[i] = fmt.Sprintf("k%d", i)
@@ -170,18 +172,24 @@ func (w *workload) one(ctx context.Context, k int) bool {
 		w.rejectCodes[fmt.Sprintf("%d %s", status, code)]++
 	default:
 		w.indeterminate[uid] = true
+		if code == "commit_unknown" {
+			w.ambiguous[uid] = true
+		}
 	}
 	return false
 }
 
 // definiteRejection reports whether an answer means nothing was stored.
+// 503 commit_unknown is the store's own "maybe" (the connection broke
+// during COMMIT), so it stays indeterminate; store_unavailable promises
+// the write failed, and the checker holds the server to it.
 func definiteRejection(status int, code string) bool {
 	if status/100 == 4 {
 		return true
 	}
 	if status == http.StatusServiceUnavailable {
 		switch code {
-		case "store_unavailable", "unavailable", "draining", "stopped":
+		case "draining", "stopped", "store_unavailable": // refused before any write, or the write failed
 			return true
 		}
 	}

@@ -284,3 +284,45 @@ func TestOwnerUniquePerEngine(t *testing.T) {
 		t.Errorf("20 engines named web-1 shared owners: %d distinct", len(owners))
 	}
 }
+
+// A job handed out past its last attempt (a store counted an interrupted
+// last attempt, as PostgreSQL's rescue does) is dead-lettered without
+// running: a poison job must not get more than MaxAttempts tries.
+func TestWorkDiscardsJobPastMaxAttempts(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name          string
+		attempt, max  int
+		block         bool
+		wantRun       bool
+		want          store.Outcome
+		wantBlockKey  bool
+		wantErrSubstr string
+	}{
+		{name: "last attempt runs", attempt: 3, max: 3, wantRun: true, want: store.OutcomeCompleted},
+		{name: "past the last attempt", attempt: 4, max: 3, want: store.OutcomeDiscard, wantErrSubstr: "interrupted"},
+		{name: "past the last attempt, blocking kind", attempt: 5, max: 3, block: true, want: store.OutcomeDiscard, wantBlockKey: true, wantErrSubstr: "interrupted"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ran := false
+			e, err := New(Config{Store: nopStore{}, Clock: clock.NewFake(now),
+				Kinds: map[string]Kind{"k": {Handler: func(context.Context, *store.Job) error {
+					ran = true
+					return nil
+				}, BlockKeyOnDiscard: tt.block}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.workers.Add(1)
+			e.work(e.kinds["k"], &store.Job{ID: 9, Kind: "k", LeaseToken: 2, Attempt: tt.attempt, MaxAttempts: tt.max}, now.Add(time.Minute))
+			f := <-e.finish
+			if ran != tt.wantRun || f.Outcome != tt.want || f.BlockKey != tt.wantBlockKey || f.ID != 9 || f.LeaseToken != 2 ||
+				!strings.Contains(f.Error, tt.wantErrSubstr) {
+				t.Errorf("ran=%v finish=%+v, want ran=%v outcome %d block %v error containing %q", ran, f.FinishParams, tt.wantRun, tt.want, tt.wantBlockKey, tt.wantErrSubstr)
+			}
+		})
+	}
+}

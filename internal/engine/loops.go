@@ -370,6 +370,16 @@ func (e *Engine) work(k *kindState, j *store.Job, leaseUntil time.Time) {
 			LeaseToken: j.LeaseToken, Outcome: store.OutcomeRelease}, kind: j.Kind}
 		return
 	}
+	// A store that counts an attempt cut short by a dead or stalled node
+	// (PostgreSQL's rescue records it) hands the job out again even when
+	// that was its last attempt: running it would exceed MaxAttempts, so
+	// it is dead-lettered as is.
+	if j.MaxAttempts > 0 && j.Attempt > j.MaxAttempts {
+		e.finish <- finishRequest{FinishParams: store.FinishParams{ID: j.ID, Owner: e.cfg.Owner, LeaseToken: j.LeaseToken,
+			Outcome: store.OutcomeDiscard, BlockKey: k.BlockKeyOnDiscard,
+			Error: fmt.Sprintf("not run: its last attempt (max_attempts %d) was interrupted", j.MaxAttempts)}, kind: j.Kind}
+		return
+	}
 	ctx := e.workCtx
 	var cancel context.CancelFunc
 	if k.Timeout > 0 {

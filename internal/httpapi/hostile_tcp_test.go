@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -59,9 +60,7 @@ func send(t *testing.T, addr string, r *http.Request) *httptest.ResponseRecorder
 	}
 	defer resp.Body.Close() //nolint:errcheck // read fully below
 	rec := httptest.NewRecorder()
-	for k, vs := range resp.Header {
-		rec.Header()[k] = vs
-	}
+	maps.Copy(rec.Header(), resp.Header)
 	rec.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(rec, resp.Body); err != nil {
 		t.Fatalf("read the answer: %v", err)
