@@ -82,14 +82,20 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 		return err
 	}
 	prepare := map[string]func(*herald.EnqueueParams) error{}
+	var emailKinds []*emailKind
+	// Closed after the client stopped (defers run last): no job uses them then.
+	defer func() {
+		for _, ek := range emailKinds {
+			_ = ek.sender.Close()
+		}
+	}()
 	for name, k := range cfg.Kinds {
 		var h herald.HandlerFunc
 		var err error
 		if k.Type == config.TypeEmail && k.Email != nil {
 			var ek *emailKind
 			if ek, err = newEmailKind(*k.Email, log); err == nil {
-				// Closed after the client stopped: no job uses it then.
-				defer func() { _ = ek.sender.Close() }()
+				emailKinds = append(emailKinds, ek)
 				h, prepare[name] = ek.handler, ek.prepare
 			}
 		} else {

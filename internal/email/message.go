@@ -34,6 +34,8 @@ var (
 	ErrNoServer = errors.New("email: no SMTP server reachable")
 	// ErrClosed: the Sender was closed.
 	ErrClosed = errors.New("email: sender closed")
+	// ErrAbandoned: Envelope.Proceed said no; nothing was sent.
+	ErrAbandoned = errors.New("email: send abandoned before the first command")
 )
 
 // FieldError names the payload field that is wrong and why.

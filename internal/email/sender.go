@@ -291,6 +291,11 @@ func (e *ThrottledError) Is(target error) bool { return target == ErrThrottled }
 type Envelope struct {
 	From string
 	To   []string
+	// Proceed, if set, is asked once a connection is ready, just before the
+	// first command: false abandons the send with ErrAbandoned (herald
+	// passes its lease check, since waiting for a connection or the rate
+	// limits may outlast the job's lease).
+	Proceed func() bool
 }
 
 // throttling reports replies that mean "slow down" (RFC 5321 4.2.2,
@@ -345,6 +350,10 @@ func (s *Sender) Send(ctx context.Context, env Envelope, data []byte) ([]Recipie
 			}
 			continue
 		}
+		for _, i := range send {
+			// A failed server's answers do not carry over to the next one.
+			results[i] = RecipientResult{Address: env.To[i], Status: StatusDeferred}
+		}
 		err := s.sendVia(ctx, p, env, data, results, send)
 		if err == nil {
 			return results, nil
@@ -359,7 +368,7 @@ func (s *Sender) Send(ctx context.Context, env Envelope, data []byte) ([]Recipie
 		if ctx.Err() != nil {
 			return results, err
 		}
-		if errors.Is(err, errAfterData) {
+		if errors.Is(err, errAfterData) || errors.Is(err, ErrAbandoned) {
 			return results, err
 		}
 		errs = append(errs, err)
@@ -460,6 +469,10 @@ func (s *Sender) sendVia(ctx context.Context, p *pool, env Envelope, data []byte
 	}
 	healthy := false
 	defer func() { p.put(c, healthy, s.cfg.Now()) }()
+	if env.Proceed != nil && !env.Proceed() {
+		healthy = true // untouched
+		return ErrAbandoned
+	}
 	// Cancelling ctx interrupts a blocked command through the deadline.
 	stop := context.AfterFunc(ctx, c.interrupt)
 	defer func() { stop() }()
@@ -517,7 +530,8 @@ func (s *Sender) pipelined(p *pool, c *conn, env Envelope, data []byte, results 
 	if err := c.extend(p.cfg.Timeout); err != nil {
 		return false, err
 	}
-	if _, err := tp.W.WriteString(b.String()); err == nil {
+	_, err = tp.W.WriteString(b.String())
+	if err == nil {
 		err = tp.W.Flush()
 	}
 	if err != nil {
@@ -528,9 +542,10 @@ func (s *Sender) pipelined(p *pool, c *conn, env Envelope, data []byte, results 
 			if _, ok := errors.AsType[*textproto.Error](err); !ok {
 				return true, fmt.Errorf("email: %s RSET: %w", server, err)
 			}
-			// A refused RSET leaves the pipeline's replies unread: the
-			// connection is not reused.
-			return false, &ReplyError{Command: "RSET", Server: server, Reply: toReply(err.(*textproto.Error))} //nolint:errorlint // checked just above
+			// A refused RSET says nothing about the message: not a
+			// ReplyError (which would fail the job), and the connection,
+			// its pipeline replies unread, is not reused.
+			return false, fmt.Errorf("email: %s refused RSET: %w", server, err)
 		}
 	}
 	_, _, mailErr := tp.ReadResponse(250)
@@ -596,7 +611,7 @@ func (s *Sender) stepwise(p *pool, c *conn, env Envelope, data []byte, results [
 			if _, ok := errors.AsType[*textproto.Error](err); !ok {
 				return true, err
 			}
-			return false, s.transactionError(p, "RSET", err, healthy)
+			return false, fmt.Errorf("email: %s refused RSET: %w", p.cfg.Addr, err) // not the message's fault: next server
 		}
 	}
 	if err := c.c.Mail("<" + env.From + ">"); err != nil {

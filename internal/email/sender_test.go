@@ -173,6 +173,7 @@ func TestServerDroppedIdleConnection(t *testing.T) {
 }
 
 func testDroppedIdleConnection(t *testing.T, stepwise bool) {
+	t.Helper()
 	srv := startServer(t, smtptest.Options{})
 	s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), 1)}})
 	s.pools[0].stepwise = stepwise
@@ -436,5 +437,49 @@ func TestMessageTooLarge(t *testing.T) {
 	}
 	if srv.Conns() != 0 {
 		t.Error("an oversized message was sent to the server")
+	}
+}
+
+func TestProceedAbandons(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, smtptest.Options{})
+	s := newSender(t, Config{Servers: []ServerConfig{plain(srv.Addr(), 1)}})
+	res, err := s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"b@example.org"}, Proceed: func() bool { return false }}, testData)
+	if !errors.Is(err, ErrAbandoned) || res[0].Status != StatusDeferred {
+		t.Fatalf("err = %v, result %+v; want ErrAbandoned and the recipient deferred", err, res[0])
+	}
+	if srv.Count() != 0 {
+		t.Error("an abandoned message reached the server")
+	}
+	// The untouched connection is reused.
+	if _, err := s.Send(t.Context(), Envelope{From: "a@example.com", To: []string{"b@example.org"}}, testData); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Conns() != 1 || srv.Count() != 1 {
+		t.Errorf("conns %d, messages %d; want 1 and 1", srv.Conns(), srv.Count())
+	}
+}
+
+// TestFailoverForgetsFirstServersAnswers: recipients answered by a server
+// that then failed are judged by the server that took the message.
+func TestFailoverForgetsFirstServersAnswers(t *testing.T) {
+	t.Parallel()
+	primary := startServer(t, smtptest.Options{Rcpt: func(to string) *smtptest.Reply {
+		if to == "a@example.org" {
+			return &smtptest.Reply{Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "not here"}
+		}
+		return smtptest.Disconnect
+	}})
+	backup := startServer(t, smtptest.Options{})
+	s := newSender(t, Config{Servers: []ServerConfig{plain(primary.Addr(), 1), plain(backup.Addr(), 1)}})
+	s.pools[0].stepwise = true // the refusal arrives before the disconnect
+	res, err := s.Send(t.Context(), Envelope{From: "x@example.com", To: []string{"a@example.org", "b@example.org"}}, testData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Status != StatusSent || r.Server != backup.Addr() || r.Reply == nil || r.Reply.Code != 250 {
+			t.Errorf("%s: %s via %s (%+v); want sent via the backup", r.Address, r.Status, r.Server, r.Reply)
+		}
 	}
 }

@@ -60,11 +60,11 @@ func (c EmailConfig) withDefaults() EmailConfig {
 }
 
 func (c EmailConfig) rules() email.Rules {
-	max := 0
+	maxBytes := 0
 	if c.Sender != nil {
-		max = c.Sender.MaxMessageBytes()
+		maxBytes = c.Sender.MaxMessageBytes()
 	}
-	return email.Rules{DefaultFrom: c.From, Templates: c.Templates, MaxBytes: max, MaxRecipients: c.MaxRecipients}
+	return email.Rules{DefaultFrom: c.From, Templates: c.Templates, MaxBytes: maxBytes, MaxRecipients: c.MaxRecipients}
 }
 
 // EmailOutput is what an email job records (herald.RecordOutput) after each
@@ -77,7 +77,7 @@ type EmailOutput struct {
 
 // MessageID is the stable Message-ID of a job's message, without angle
 // brackets: every attempt sends the same one, so a receiver (or a human)
-// can recognise a duplicate sent in the at-least-once window.
+// can recognize a duplicate sent in the at-least-once window.
 func MessageID(jobID int64, host string) string {
 	return "herald." + strconv.FormatInt(jobID, 10) + "@" + host
 }
@@ -97,8 +97,7 @@ func PrepareEmail(cfg EmailConfig) func(p *herald.EnqueueParams) error {
 			err = m.Validate(rules)
 		}
 		if err != nil {
-			var fe *email.FieldError
-			if errors.As(err, &fe) {
+			if fe, ok := errors.AsType[*email.FieldError](err); ok {
 				field := "payload"
 				if fe.Field != "payload" {
 					field = "payload." + fe.Field
@@ -182,16 +181,19 @@ func Email(cfg EmailConfig) (herald.HandlerFunc, error) {
 		if err != nil {
 			return herald.Permanent(fmt.Errorf("email: from: %w", err))
 		}
-		results, sendErr := cfg.Sender.Send(ctx, email.Envelope{From: from.Address, To: todo}, data)
+		// The lease is checked once a connection is ready, just before the
+		// server sees anything: a process that stalled past the lease must
+		// not send a message another node may already have sent.
+		results, sendErr := cfg.Sender.Send(ctx, email.Envelope{
+			From: from.Address, To: todo, Proceed: func() bool { return herald.LeaseHeld(ctx) },
+		}, data)
 		out.Recipients = append(out.Recipients, results...)
 		if results == nil {
 			for _, to := range todo {
 				out.Recipients = append(out.Recipients, email.RecipientResult{Address: to, Status: email.StatusDeferred})
 			}
 		}
-		if err := herald.RecordOutput(ctx, out); err != nil && !errors.Is(err, herald.ErrNoAttempt) {
-			return fmt.Errorf("email: record output: %w", err)
-		}
+		record(ctx, cfg.Logger, job.ID, out)
 		cfg.Logger.LogAttrs(ctx, slog.LevelDebug, "email attempt", slog.Int64("job", job.ID),
 			slog.Int("recipients", len(todo)), slog.Bool("ok", sendErr == nil))
 		if sendErr != nil {
@@ -199,6 +201,40 @@ func Email(cfg EmailConfig) (herald.HandlerFunc, error) {
 		}
 		return finish(out, cfg.Sender, cfg.Now())
 	}, nil
+}
+
+// maxReplyText bounds a recorded reply text: servers may send long
+// multi-line replies, and the record of a large message holds one per
+// recipient.
+const maxReplyText = 200
+
+// record stores out as the job's output. If it is over the output limit
+// (a message to a thousand recipients), a compact form without servers,
+// times and reply texts is stored instead: losing the record would send
+// the message again to everyone on retry.
+func record(ctx context.Context, log *slog.Logger, jobID int64, out EmailOutput) {
+	for i, r := range out.Recipients {
+		if r.Reply != nil && len(r.Reply.Message) > maxReplyText {
+			reply := *r.Reply
+			reply.Message = reply.Message[:maxReplyText]
+			out.Recipients[i].Reply = &reply
+		}
+	}
+	err := herald.RecordOutput(ctx, out)
+	if err == nil || errors.Is(err, herald.ErrNoAttempt) {
+		return
+	}
+	compact := EmailOutput{MessageID: out.MessageID, Recipients: make([]email.RecipientResult, len(out.Recipients))}
+	for i, r := range out.Recipients {
+		compact.Recipients[i] = email.RecipientResult{Address: r.Address, Status: r.Status}
+		if r.Reply != nil {
+			compact.Recipients[i].Reply = &email.Reply{Code: r.Reply.Code, Enhanced: r.Reply.Enhanced}
+		}
+	}
+	if err := herald.RecordOutput(ctx, compact); err != nil {
+		log.LogAttrs(ctx, slog.LevelWarn, "email: cannot record the recipients' outcome; a retry may resend",
+			slog.Int64("job", jobID), slog.String("error", err.Error()))
+	}
 }
 
 // finish decides a completed transaction's outcome from the recipients.
@@ -239,12 +275,10 @@ func finish(out EmailOutput, sender *email.Sender, now time.Time) error {
 
 // classify maps a failed transaction to herald's retry semantics.
 func classify(err error, now time.Time) error {
-	var te *email.ThrottledError
-	if errors.As(err, &te) {
+	if te, ok := errors.AsType[*email.ThrottledError](err); ok {
 		return herald.RetryAfter(max(te.Until.Sub(now), time.Second), err)
 	}
-	var re *email.ReplyError
-	if errors.As(err, &re) && !re.Temporary() {
+	if re, ok := errors.AsType[*email.ReplyError](err); ok && !re.Temporary() {
 		return herald.Permanent(err)
 	}
 	if errors.Is(err, email.ErrTooLarge) {

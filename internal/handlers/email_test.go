@@ -264,3 +264,34 @@ func TestPrepareEmail(t *testing.T) {
 		t.Fatalf("err = %v; want a field error on payload.cc[0] naming the address", err)
 	}
 }
+
+// TestEmailOutputCompacted: the record of a message to a thousand
+// recipients with long replies exceeds the output limit; a compact record
+// is kept instead of none, so a retry would not resend to everyone.
+func TestEmailOutputCompacted(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("this mailbox does not exist here ", 6)
+	b := setupEmail(t, smtptest.Options{Rcpt: func(to string) *smtptest.Reply {
+		if strings.HasPrefix(to, "ok") {
+			return nil
+		}
+		return &smtptest.Reply{Code: 550, Enhanced: [3]int{5, 1, 1}, Message: long}
+	}}, nil)
+	to := make([]string, 1000)
+	to[0] = `"ok@x.example"`
+	for i := 1; i < len(to); i++ {
+		to[i] = `"gone` + strconv.Itoa(i) + `@x.example"`
+	}
+	j := b.run(t, `{"to":[`+strings.Join(to, ",")+`],"subject":"s","text":"t"}`)
+	if j.State != herald.StateCompleted {
+		t.Fatalf("state %s: %+v", j.State, j.Errors)
+	}
+	out := output(t, j)
+	if len(out) != 1000 || out["ok@x.example"].Status != "sent" || out["gone7@x.example"].Status != "refused" ||
+		out["gone7@x.example"].Reply.Code != 550 {
+		t.Fatalf("%d recipients recorded; ok: %+v, gone7: %+v", len(out), out["ok@x.example"], out["gone7@x.example"])
+	}
+	if len(j.Output) > 256<<10 || bytes.Contains(j.Output, []byte("does not exist")) {
+		t.Errorf("output of %d bytes is not the compact record", len(j.Output))
+	}
+}

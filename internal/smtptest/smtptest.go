@@ -7,6 +7,7 @@
 package smtptest
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -108,7 +109,7 @@ func Start(opts Options) (*Server, error) {
 	srv.ErrorLog = discardLogger{}
 	var ln net.Listener
 	var err error
-	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	ln, err = (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("smtptest: listen: %w", err)
 	}

@@ -151,8 +151,18 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		b.Queue(s.sql.releaseIdem, plan.expired, p.IdempotencySince)
 	}
 	var inserted []store.InsertResult
+	moved := map[int64]time.Time{}
 	if len(plan.fresh) > 0 {
 		inserted = s.queueInsert(&b, p, plan.fresh)
+		b.Queue(s.sql.keepBehind, lockKeys).Query(func(rows pgx.Rows) error {
+			var id int64
+			var due time.Time
+			_, err := pgx.ForEachRow(rows, []any{&id, &due}, func() error {
+				moved[id] = due.UTC()
+				return nil
+			})
+			return err
+		})
 	}
 	var finished map[int64]bool
 	if len(p.Finishes) > 0 {
@@ -171,6 +181,9 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		return nil, err
 	}
 	for n, i := range plan.fresh {
+		if due, ok := moved[inserted[n].Job.ID]; ok {
+			inserted[n].Job.DueAt = due
+		}
 		plan.results[i] = inserted[n]
 	}
 	for i, f := range plan.dupOf {

@@ -88,7 +88,7 @@ func (s *Store) Elect(ctx context.Context, owner string, ttl time.Duration) (boo
 // would send each node to claim (mostly nothing) just as often. The first
 // notification after a quiet spell still wakes at once, so an idle node's
 // pickup latency does not change.
-const wakeEvery = 20 * time.Millisecond
+const wakeEvery = 5 * time.Millisecond
 
 // debouncer passes the first kick on at once and folds the kicks of the
 // next interval into one wake-up at its end.

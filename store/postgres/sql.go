@@ -10,8 +10,8 @@ import (
 // qualified rather than left to search_path, which PgBouncer in
 // transaction mode does not carry between transactions.
 type statements struct {
-	lockKeys, insert, releaseIdem, lookupIdem, finish, claim, notify string
-	get, nextRunAt, renew, rescueFind, rescue, elect                 string
+	lockKeys, insert, keepBehind, releaseIdem, lookupIdem, finish, claim, notify string
+	get, nextRunAt, renew, rescueFind, rescue, elect                             string
 }
 
 // The state codes stored in jobs.state. The order matters: state < 4
@@ -44,6 +44,7 @@ func render(schema string) statements {
 	return statements{
 		lockKeys:    r(lockKeysSQL),
 		insert:      r(insertSQL),
+		keepBehind:  r(keepBehindSQL),
 		releaseIdem: r(`UPDATE _s.jobs SET idempotency_key = NULL WHERE idempotency_key = ANY($1::text[]) AND created_at < $2`),
 		lookupIdem:  r(selectJob + ` WHERE j.idempotency_key = ANY($1::text[])`),
 		finish:      r(finishSQL),
@@ -100,6 +101,19 @@ const insertSQL = `WITH src AS (
 )
 SELECT ins.id, ins.key = '' OR ins.id IN (SELECT head_id FROM placed) FROM ins ORDER BY ins.id`
 
+// keepBehindSQL moves any job of the given keys' lines that stands ahead
+// of its line's head to just behind it, so the line's advance (which looks
+// after the head) will find it. A newcomer can land there when its due
+// time, taken from its node's clock before it waited for the key's lock,
+// is earlier than a head that was already running or blocked, or that a
+// claim took while the newcomer was being placed.
+const keepBehindSQL = `UPDATE _s.jobs j
+SET due_at = l.due_at + CASE WHEN j.id < l.head_id THEN interval '1 microsecond' ELSE interval '0' END
+FROM _s.lines l
+WHERE l.key = ANY($1::text[]) AND j.key = l.key AND j.key <> '' AND j.state < 4 AND j.id <> l.head_id
+	AND (j.due_at, j.id) < (l.due_at, l.head_id)
+RETURNING j.id, j.due_at`
+
 // finishSQL records outcomes of attempts still leased to the finisher
 // (owner and token must match: anything else is fenced off and returned
 // nothing for) and moves their lines: a completed or discarded head hands
@@ -122,9 +136,12 @@ const finishSQL = `WITH f AS (
 		output = coalesce(f.output, j.output),
 		lease_owner = NULL, lease_token = NULL, lease_until = NULL
 	FROM f
-	-- id = ANY steers the planner to the primary key: the running-jobs
-	-- index it would otherwise scan is full of dead entries under load.
-	WHERE j.id = ANY($3::int8[]) AND j.id = f.id AND j.state = 2 AND j.lease_owner = f.owner AND j.lease_token = f.token
+	-- "state + 0" keeps the planner off the partial index of running jobs
+	-- (it would read every running job, and the dead entries of many
+	-- more) and off "id = ANY", which it joined to f with a nested loop
+	-- re-reading f per job (quadratic in the batch): this way each
+	-- outcome is one primary-key probe.
+	WHERE j.id = f.id AND j.state + 0 = 2 AND j.lease_owner = f.owner AND j.lease_token = f.token
 	RETURNING j.id, j.key, j.kind, j.run_at, j.due_at, f.outcome, f.block
 ), moves AS (
 	SELECT d.key, n.id AS head_id, n.kind, n.run_at, n.due_at, 0::int2 AS blocked
