@@ -454,14 +454,13 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 		}
 	}
 	h.wl = newWorkload(h.nodes, cfg.Keys, cfg.ZipfS, cfg.ZipfV, cfg.Seed, "chaos")
-
 	defer h.wl.client.CloseIdleConnections()
 
 	var res Result
 	// Latency phases: no process faults and no random sink failures, so
 	// the only difference between them is the poison key. They alternate
-	// (baseline, poison, baseline, poison) so that a slow spell of a
-	// shared machine does not land on one of them only.
+	// for latencyRounds rounds (baseline, poison, baseline, poison, ...)
+	// so that a slow spell of a shared machine does not land on one only.
 	if cfg.LatencyEvents > 0 {
 		for round := range latencyRounds {
 			for _, withPoison := range []bool{false, true} {
