@@ -27,7 +27,7 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 	for ctx.Err() == nil {
 		err := s.listenOnce(ctx, d.kick, func() { backoff = 100 * time.Millisecond })
 		if ctx.Err() != nil {
-			return nil //nolint:nilerr // the connection ended because ctx did: not a failure
+			return nil // the connection ended because ctx did: not a failure
 		}
 		s.log.Warn("postgres notifications interrupted; reconnecting", "err", err, "in", backoff)
 		t := time.NewTimer(backoff)
