@@ -55,6 +55,25 @@ test-short: ## Run the quick tests only (-short, no race detector)
 bench: ## Run the benchmarks (BENCH=regexp to select) with allocation stats
 	$(GO) test -run=^$$ -bench=$(BENCH) -benchmem $(PKGS)
 
+# `make chaos` knobs: CHAOS_FLAGS='--cycles 100 --events 200000' for the long run,
+# '--postgres --cycles 6' for the multi-node one (private PostgreSQL via initdb).
+CHAOS_FLAGS ?= --cycles 10
+# `make fuzz` runs each decoder's fuzz target for FUZZTIME, one at a time.
+FUZZTIME ?= 10m
+FUZZ_TARGETS = ./internal/httpapi:FuzzDecodeJob ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzEvents ./internal/config:FuzzLoad
+
+.PHONY: chaos
+chaos: build ## Run the reliability harness (herald chaos $(CHAOS_FLAGS)) against bin/herald
+	$(BIN)/herald chaos $(CHAOS_FLAGS)
+
+.PHONY: fuzz
+fuzz: ## Fuzz every decoder for FUZZTIME each (default 10m), one target at a time
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
 .PHONY: lint
 lint: ## Run golangci-lint (pinned) with .golangci.yml
 	$(GOLANGCI_LINT) run $(PKGS)

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -160,9 +161,14 @@ func TestEventsMakespan(t *testing.T) {
 	if rep.Duplicates != 0 {
 		t.Errorf("%d duplicates without any crash", rep.Duplicates)
 	}
-	// The ratio is a performance figure, measured on an idle machine with
-	// `go test -run TestEventsMakespan -v ./e2e` and recorded in
-	// docs/benchmarks.md; under a loaded test run it is not a pass/fail.
+	// The issue's 1.03 is a performance floor, measured on an idle machine
+	// with `HERALD_E2E_STRICT=1 go test -run TestEventsMakespan -v ./e2e`
+	// and recorded in docs/benchmarks.md. Under a loaded, race-enabled CI
+	// run the default limit only catches gross regressions (sharding or
+	// head-of-line blocking shows up as 2x or worse).
+	if limit := makespanLimit(); !testing.Short() && ratio > limit {
+		t.Errorf("makespan %s is %.3f x the bound %s (limit %.2f)", makespan.Round(time.Millisecond), ratio, bound, limit)
+	}
 	if err := s.stop(syscall.SIGTERM, 40*time.Second); err != nil {
 		t.Errorf("herald serve exited with %v after SIGTERM:\n%s", err, s.logs.String())
 	}
@@ -224,4 +230,13 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	if err := s2.stop(syscall.SIGTERM, 40*time.Second); err != nil {
 		t.Errorf("second server exit: %v", err)
 	}
+}
+
+// makespanLimit is the makespan/bound ratio TestEventsMakespan accepts:
+// the issue's 1.03 with HERALD_E2E_STRICT=1, 1.5 otherwise.
+func makespanLimit() float64 {
+	if os.Getenv("HERALD_E2E_STRICT") == "1" {
+		return 1.03
+	}
+	return 1.5
 }

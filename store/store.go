@@ -28,6 +28,12 @@ var (
 	// ErrUnavailable means the store cannot take writes right now (disk full,
 	// read-only, locked). It is temporary: retry later.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrCommitUnknown means the connection to the store broke while a
+	// transaction committed: its writes may or may not have been applied.
+	// Drivers wrap it together with ErrUnavailable. Enqueuers cannot tell
+	// whether their jobs were stored; an idempotency key makes the retry
+	// safe.
+	ErrCommitUnknown = errors.New("store commit outcome unknown")
 )
 
 // State is a job's lifecycle state.

@@ -86,6 +86,8 @@ output is one JSON object with the scenario's results.`,
 		dist                           string
 		bJobs, bKeys                   int
 		hRequests, hConns, hBatch      int
+		eMessages, eConns              int
+		eSMTP                          string
 	)
 
 	throughput := scenario("throughput", "No-op jobs, durable and ordered: enqueue rate and end-to-end processing rate",
@@ -119,6 +121,12 @@ output is one JSON object with the scenario's results.`,
 	httpLoad.Flags().IntVar(&hConns, "conns", 64, "keep-alive connections")
 	httpLoad.Flags().IntVar(&hBatch, "batch", 1, "jobs per request (above 1: POST /v1/jobs/batch)")
 
-	cmd.AddCommand(throughput, latency, makespan, backlog, httpLoad)
+	emailLoad := scenario("email", "Email jobs: durable enqueue → delivered over pooled SMTP connections",
+		func(ctx context.Context) (any, error) { return bench.Email(ctx, opts, eSMTP, eMessages, eConns) })
+	emailLoad.Flags().StringVar(&eSMTP, "smtp", "", "SMTP sink host:port (empty: an in-process go-smtp sink)")
+	emailLoad.Flags().IntVar(&eMessages, "messages", 20000, "messages to send, each to its own recipient")
+	emailLoad.Flags().IntVar(&eConns, "conns", 20, "SMTP connections (the pool size)")
+
+	cmd.AddCommand(throughput, latency, makespan, backlog, httpLoad, emailLoad)
 	return cmd
 }

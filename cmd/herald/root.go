@@ -17,7 +17,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newConfigCmd(), newBenchCmd(), newVersionCmd(), newEnqueueCmd(), newJobsCmd(), newKeysCmd(), newKindsCmd(), newStatsCmd(), newMigrateCmd())
+	root.AddCommand(newServeCmd(), newConfigCmd(), newBenchCmd(), newVersionCmd(), newEnqueueCmd(), newJobsCmd(), newKeysCmd(), newKindsCmd(), newStatsCmd(), newMigrateCmd(), newChaosCmd())
 	return root
 }
 

@@ -7,13 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -83,8 +81,26 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 	if err != nil {
 		return err
 	}
+	prepare := map[string]func(*herald.EnqueueParams) error{}
+	var emailKinds []*emailKind
+	// Closed after the client stopped (defers run last): no job uses them then.
+	defer func() {
+		for _, ek := range emailKinds {
+			_ = ek.sender.Close()
+		}
+	}()
 	for name, k := range cfg.Kinds {
-		h, err := handlerFor(k)
+		var h herald.HandlerFunc
+		var err error
+		if k.Type == config.TypeEmail && k.Email != nil {
+			var ek *emailKind
+			if ek, err = newEmailKind(*k.Email, log); err == nil {
+				emailKinds = append(emailKinds, ek)
+				h, prepare[name] = ek.handler, ek.prepare
+			}
+		} else {
+			h, err = handlerFor(k)
+		}
 		if err != nil {
 			return fmt.Errorf("kinds.%s: %w", name, err)
 		}
@@ -106,16 +122,10 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 	api := httpapi.New(client, httpapi.Options{
 		Logger: log, Tokens: cfg.Tokens, MaxRequestBytes: cfg.MaxRequestBytes,
 		MaxBacklog: cfg.MaxBacklog, Topics: topics, Metrics: exp.Handler(),
+		Prepare: prepare, MailingsKind: cfg.Mailings.Kind,
 	})
-	srv := &http.Server{
-		Handler:           exp.Middleware(api.Handler()),
-		ReadHeaderTimeout: 5 * time.Second, // slowloris
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := httpapi.NewHTTPServer(exp.Middleware(api.Handler()), httpapi.Timeouts{},
+		slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		_ = client.Stop(context.Background())

@@ -10,6 +10,7 @@
 package config
 
 import (
+	"cmp"
 	"maps"
 	"net/http"
 	"net/url"
@@ -51,6 +52,10 @@ type Config struct {
 	// ShutdownTimeout is how long a stopping server lets running jobs
 	// finish before it gives them back to the queue. Defaults to 30s.
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
+	// PollInterval is the longest an idle node sleeps before looking for
+	// work other nodes added or that came due. Defaults to 0: the
+	// library's 1s.
+	PollInterval time.Duration `koanf:"poll_interval,omitempty"`
 	// MaxPayloadBytes caps one job's payload. Defaults to 1 MiB.
 	MaxPayloadBytes int `koanf:"max_payload_bytes"`
 	// MaxRequestBytes caps an HTTP request body, which bounds a batch.
@@ -75,6 +80,15 @@ type Config struct {
 	// Topics maps an event topic (POST /v1/events/{topic}) to a kind.
 	// Defaults to none.
 	Topics map[string]Topic `koanf:"topics"`
+	// Mailings configures POST /v1/mailings (seed 001's format).
+	Mailings Mailings `koanf:"mailings"`
+}
+
+// Mailings configures the mailings API.
+type Mailings struct {
+	// Kind is the email kind mailings become; it must be of type email.
+	// Defaults to "": the mailings API answers 404.
+	Kind string `koanf:"kind"`
 }
 
 // Log configures operational logging.
@@ -89,7 +103,7 @@ type Log struct {
 // Kind is one job kind: which handler runs it and with what policy. Zero
 // numeric fields take the library's defaults (herald.KindConfig).
 type Kind struct {
-	// Type is the handler: noop, sleep or webhook. Required.
+	// Type is the handler: noop, sleep, webhook or email. Required.
 	Type string `koanf:"type"`
 	// Concurrency caps this kind's running jobs. Defaults to 0: Workers.
 	Concurrency int `koanf:"concurrency,omitempty"`
@@ -116,6 +130,82 @@ type Kind struct {
 	// Webhook configures a kind of type webhook; other types must not set
 	// it. Defaults to nil.
 	Webhook *Webhook `koanf:"webhook"`
+	// Email configures a kind of type email; other types must not set it.
+	// Defaults to nil.
+	Email *Email `koanf:"email"`
+}
+
+// Email configures delivery of an email kind's jobs (docs/email.md).
+type Email struct {
+	// From is the sender of messages whose payload has none. Defaults to
+	// "": every payload must name one.
+	From string `koanf:"from"`
+	// Hostname is the right-hand side of Message-IDs. Defaults to "": the
+	// domain of From, else the machine's host name.
+	Hostname string `koanf:"hostname,omitempty"`
+	// Servers are the SMTP servers, tried in order. Required.
+	Servers []SMTPServer `koanf:"servers"`
+	// Rate caps messages per second over all servers. Defaults to 0: no
+	// limit.
+	Rate float64 `koanf:"rate,omitempty"`
+	// RateBurst is the burst under Rate. Defaults to 1 when Rate is set.
+	RateBurst int `koanf:"rate_burst,omitempty"`
+	// DomainRate caps messages per second to each recipient domain.
+	// Defaults to 0: no limit.
+	DomainRate float64 `koanf:"domain_rate,omitempty"`
+	// DomainBurst is the burst under DomainRate. Defaults to 1 when
+	// DomainRate is set.
+	DomainBurst int `koanf:"domain_burst,omitempty"`
+	// ThrottlePause is how long a server answering 421/454, or a domain
+	// answering 450/451/452, is left alone. Defaults to 30s.
+	ThrottlePause time.Duration `koanf:"throttle_pause"`
+	// MaxMessageBytes caps a message. Defaults to 10485760 (10 MiB).
+	MaxMessageBytes int `koanf:"max_message_bytes"`
+	// MaxRecipients caps to+cc+bcc of one message. Defaults to 1000.
+	MaxRecipients int `koanf:"max_recipients"`
+	// Templates are named message templates. Defaults to none.
+	Templates map[string]EmailTemplate `koanf:"templates,omitempty"`
+}
+
+// SMTPServer is one SMTP server of an email kind.
+type SMTPServer struct {
+	// Addr is host:port. Required.
+	Addr string `koanf:"addr"`
+	// TLS is starttls (required), opportunistic, implicit (SMTPS) or
+	// none. Defaults to "starttls".
+	TLS string `koanf:"tls"`
+	// Username enables SMTP AUTH. Defaults to "": no AUTH.
+	Username string `koanf:"username,omitempty"`
+	// Password is the AUTH password. Secret: Redacted hides it.
+	// Defaults to "".
+	Password string `koanf:"password,omitempty"`
+	// Auth is the AUTH mechanism: PLAIN, LOGIN, CRAM-MD5 or SCRAM-SHA-256.
+	// Defaults to "PLAIN".
+	Auth string `koanf:"auth"`
+	// HELO is the name given in EHLO. Defaults to "localhost".
+	HELO string `koanf:"helo"`
+	// PoolSize is the cap on open connections to this server; idle ones
+	// are kept for reuse. Defaults to 10.
+	PoolSize int `koanf:"pool_size"`
+	// IdleTimeout closes connections unused this long. Defaults to 30s.
+	IdleTimeout time.Duration `koanf:"idle_timeout"`
+	// Timeout bounds dialing and each SMTP command. Defaults to 30s.
+	Timeout time.Duration `koanf:"timeout"`
+}
+
+// EmailTemplate is one named template: Subject and Text are Go
+// text/templates, HTML an html/template; each body inline or from a file.
+type EmailTemplate struct {
+	// Subject is the subject line template. Defaults to "".
+	Subject string `koanf:"subject,omitempty"`
+	// Text is the plain-text body template. Defaults to "".
+	Text string `koanf:"text,omitempty"`
+	// TextFile reads Text from a file instead. Defaults to "".
+	TextFile string `koanf:"text_file,omitempty"`
+	// HTML is the HTML body template. Defaults to "".
+	HTML string `koanf:"html,omitempty"`
+	// HTMLFile reads HTML from a file instead. Defaults to "".
+	HTMLFile string `koanf:"html_file,omitempty"`
 }
 
 // Webhook configures delivery of a webhook kind's jobs.
@@ -148,6 +238,7 @@ const (
 	TypeNoop    = "noop"
 	TypeSleep   = "sleep"
 	TypeWebhook = "webhook"
+	TypeEmail   = "email"
 
 	OnDiscardContinue = "continue"
 	OnDiscardBlock    = "block"
@@ -198,6 +289,30 @@ func (c Config) withKindDefaults() Config {
 			}
 			k.Webhook = &w
 		}
+		if k.Email != nil {
+			e := *k.Email
+			if e.Rate > 0 && e.RateBurst == 0 {
+				e.RateBurst = 1
+			}
+			if e.DomainRate > 0 && e.DomainBurst == 0 {
+				e.DomainBurst = 1
+			}
+			e.ThrottlePause = cmp.Or(e.ThrottlePause, 30*time.Second)
+			e.MaxMessageBytes = cmp.Or(e.MaxMessageBytes, 10<<20)
+			e.MaxRecipients = cmp.Or(e.MaxRecipients, 1000)
+			servers := make([]SMTPServer, len(e.Servers))
+			for i, sv := range e.Servers {
+				sv.TLS = cmp.Or(sv.TLS, "starttls")
+				sv.Auth = cmp.Or(sv.Auth, "PLAIN")
+				sv.HELO = cmp.Or(sv.HELO, "localhost")
+				sv.PoolSize = cmp.Or(sv.PoolSize, 10)
+				sv.IdleTimeout = cmp.Or(sv.IdleTimeout, 30*time.Second)
+				sv.Timeout = cmp.Or(sv.Timeout, 30*time.Second)
+				servers[i] = sv
+			}
+			e.Servers = servers
+			k.Email = &e
+		}
 		kinds[name] = k
 	}
 	c.Kinds = kinds
@@ -213,6 +328,7 @@ func (c Config) ClientConfig() herald.Config {
 		NodeName:        c.NodeName,
 		LeaseDuration:   c.Lease,
 		MaxPayloadBytes: c.MaxPayloadBytes,
+		PollInterval:    c.PollInterval,
 	}
 }
 
@@ -232,8 +348,8 @@ func (k Kind) KindConfig() herald.KindConfig {
 }
 
 // Redacted returns a copy of c with secrets replaced by "REDACTED": each
-// token (so their count stays visible), webhook secrets, the password of a
-// store URL, and header values whose names suggest a credential
+// token (so their count stays visible), webhook secrets, SMTP passwords, the
+// password of a store URL, and header values whose names suggest a credential
 // (Authorization, Cookie, *token*, *secret*, *key*, *password*). Empty
 // secrets stay empty, so "unsigned" remains visible. c is not modified.
 func (c Config) Redacted() Config {
@@ -265,6 +381,16 @@ func (c Config) Redacted() Config {
 					}
 				}
 				k.Webhook = &w
+			}
+			if k.Email != nil {
+				e := *k.Email
+				servers := make([]SMTPServer, len(e.Servers))
+				for i, sv := range e.Servers {
+					sv.Password = redact(sv.Password)
+					servers[i] = sv
+				}
+				e.Servers = servers
+				k.Email = &e
 			}
 			kinds[name] = k
 		}

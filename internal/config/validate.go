@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math"
 	"net"
+	"net/mail"
 	"net/url"
 	"slices"
 	"strconv"
@@ -78,6 +79,7 @@ func (c Config) Validate() error {
 	if c.Lease < 100*time.Millisecond {
 		v.fail("lease", "must be at least 100ms, got %s", c.Lease)
 	}
+	v.duration("poll_interval", c.PollInterval)
 	if c.MaxPayloadBytes < 1 {
 		v.fail("max_payload_bytes", "must be at least 1, got %d", c.MaxPayloadBytes)
 	}
@@ -94,6 +96,11 @@ func (c Config) Validate() error {
 
 	for _, name := range sortedMapKeys(c.Kinds) {
 		v.kind("kinds."+name, name, c.Kinds[name])
+	}
+	if c.Mailings.Kind != "" {
+		if k, ok := c.Kinds[c.Mailings.Kind]; !ok || k.Type != TypeEmail {
+			v.fail("mailings.kind", "must name a kind of type email, got %q", c.Mailings.Kind)
+		}
 	}
 	for _, name := range sortedMapKeys(c.Topics) {
 		key, t := "topics."+name, c.Topics[name]
@@ -165,10 +172,10 @@ func (v *validator) kind(key, name string, k Kind) {
 	v.name(key, name)
 	switch k.Type {
 	case "":
-		v.fail(key+".type", "required: one of %s, %s, %s", TypeNoop, TypeSleep, TypeWebhook)
-	case TypeNoop, TypeSleep, TypeWebhook:
+		v.fail(key+".type", "required: one of %s, %s, %s, %s", TypeNoop, TypeSleep, TypeWebhook, TypeEmail)
+	case TypeNoop, TypeSleep, TypeWebhook, TypeEmail:
 	default:
-		v.fail(key+".type", "must be one of %s, %s, %s, got %q", TypeNoop, TypeSleep, TypeWebhook, k.Type)
+		v.fail(key+".type", "must be one of %s, %s, %s, %s, got %q", TypeNoop, TypeSleep, TypeWebhook, TypeEmail, k.Type)
 	}
 	if k.Concurrency < 0 {
 		v.fail(key+".concurrency", "must not be negative (0 means workers), got %d", k.Concurrency)
@@ -200,6 +207,74 @@ func (v *validator) kind(key, name string, k Kind) {
 		v.webhook(key+".webhook", *k.Webhook)
 	case k.Webhook != nil:
 		v.fail(key+".webhook", "only a kind of type webhook takes a webhook section, this one is type %q", k.Type)
+	}
+	switch {
+	case k.Type == TypeEmail && k.Email == nil:
+		v.fail(key+".email.servers", "required for type email: at least one SMTP server")
+	case k.Type == TypeEmail:
+		v.email(key+".email", *k.Email)
+	case k.Email != nil:
+		v.fail(key+".email", "only a kind of type email takes an email section, this one is type %q", k.Type)
+	}
+}
+
+func (v *validator) email(key string, e Email) {
+	if e.From != "" {
+		if a, err := mail.ParseAddress(e.From); err != nil || !strings.Contains(a.Address, "@") || strings.ContainsAny(e.From, "\r\n") {
+			v.fail(key+".from", "must be an email address such as \"Herald <noreply@example.com>\", got %q", e.From)
+		}
+	}
+	if len(e.Servers) == 0 {
+		v.fail(key+".servers", "required: at least one SMTP server")
+	}
+	for i, s := range e.Servers {
+		sk := fmt.Sprintf("%s.servers[%d]", key, i)
+		host, port, err := net.SplitHostPort(s.Addr)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			v.fail(sk+".addr", "must be host:port, e.g. smtp.example.com:587, got %q", s.Addr)
+		}
+		v.oneOf(sk+".tls", s.TLS, "starttls", "opportunistic", "implicit", "none")
+		v.oneOf(sk+".auth", strings.ToUpper(s.Auth), "PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256")
+		if s.Password != "" && s.Username == "" {
+			v.fail(sk+".username", "required when a password is set")
+		}
+		if s.PoolSize < 1 {
+			v.fail(sk+".pool_size", "must be at least 1, got %d", s.PoolSize)
+		}
+		v.duration(sk+".idle_timeout", s.IdleTimeout)
+		v.duration(sk+".timeout", s.Timeout)
+	}
+	for _, f := range []struct {
+		name string
+		rate float64
+		b    int
+	}{{"rate", e.Rate, e.RateBurst}, {"domain_rate", e.DomainRate, e.DomainBurst}} {
+		if math.IsNaN(f.rate) || math.IsInf(f.rate, 0) || f.rate < 0 {
+			v.fail(key+"."+f.name, "must be a non-negative number of messages per second (0 means none), got %v", f.rate)
+		}
+		if f.b < 0 {
+			v.fail(key+"."+f.name+"_burst", "must not be negative, got %d", f.b)
+		}
+	}
+	v.duration(key+".throttle_pause", e.ThrottlePause)
+	if e.MaxMessageBytes < 0 {
+		v.fail(key+".max_message_bytes", "must not be negative, got %d", e.MaxMessageBytes)
+	}
+	if e.MaxRecipients < 0 {
+		v.fail(key+".max_recipients", "must not be negative, got %d", e.MaxRecipients)
+	}
+	for _, name := range sortedMapKeys(e.Templates) {
+		t := e.Templates[name]
+		tk := key + ".templates." + name
+		if t.Text != "" && t.TextFile != "" {
+			v.fail(tk+".text_file", "text and text_file are mutually exclusive")
+		}
+		if t.HTML != "" && t.HTMLFile != "" {
+			v.fail(tk+".html_file", "html and html_file are mutually exclusive")
+		}
+		if t.Text == "" && t.TextFile == "" && t.HTML == "" && t.HTMLFile == "" {
+			v.fail(tk, "needs a body: text, text_file, html or html_file")
+		}
 	}
 }
 

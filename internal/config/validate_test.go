@@ -44,6 +44,9 @@ func TestValidate(t *testing.T) {
 		want   string // "" means valid
 	}{
 		{"defaults", func(*config.Config) {}, ""},
+		{"short lease", func(c *config.Config) { c.Lease = 2 * time.Second; c.PollInterval = 50 * time.Millisecond }, ""},
+
+		{"negative poll interval", func(c *config.Config) { c.PollInterval = -time.Second }, "poll_interval: must not be negative, got -1s"},
 		{"listen not host:port", func(c *config.Config) { c.Listen = "8080" }, "listen: must be host:port"},
 		{"listen bad port", func(c *config.Config) { c.Listen = "127.0.0.1:http" }, "listen: port must be a number"},
 		{"listen port out of range", func(c *config.Config) { c.Listen = "127.0.0.1:70000" }, "listen: port must be a number"},
@@ -75,7 +78,7 @@ func TestValidate(t *testing.T) {
 		}, "name must be 1 to 128"},
 		{"kind name empty", func(c *config.Config) { c.Kinds[""] = config.Kind{Type: "noop", OnDiscard: "continue"} }, "kinds.: name must be"},
 		{"kind type missing", func(c *config.Config) { kind(c, func(k *config.Kind) { k.Type = ""; k.Webhook = nil }) }, "kinds.billing.type: required"},
-		{"kind type unknown", func(c *config.Config) { kind(c, func(k *config.Kind) { k.Type = "smtp"; k.Webhook = nil }) }, `kinds.billing.type: must be one of noop, sleep, webhook, got "smtp"`},
+		{"kind type unknown", func(c *config.Config) { kind(c, func(k *config.Kind) { k.Type = "smtp"; k.Webhook = nil }) }, `kinds.billing.type: must be one of noop, sleep, webhook, email, got "smtp"`},
 		{"negative concurrency", func(c *config.Config) { kind(c, func(k *config.Kind) { k.Concurrency = -1 }) }, "kinds.billing.concurrency: must not be negative"},
 		{"negative rate", func(c *config.Config) { kind(c, func(k *config.Kind) { k.RateLimit = -1 }) }, "kinds.billing.rate_limit: must be a non-negative number"},
 		{"NaN rate", func(c *config.Config) { kind(c, func(k *config.Kind) { k.RateLimit = math.NaN() }) }, "kinds.billing.rate_limit"},
@@ -101,6 +104,25 @@ func TestValidate(t *testing.T) {
 		}, "kinds.billing.webhook.headers.X-Ok: value must not contain line breaks"},
 		{"webhook timeout", func(c *config.Config) { webhook(c, func(w *config.Webhook) { w.Timeout = -1 }) }, "kinds.billing.webhook.timeout: must not be negative"},
 		{"webhook on a sleep kind", func(c *config.Config) { kind(c, func(k *config.Kind) { k.Type = "sleep" }) }, "kinds.billing.webhook: only a kind of type webhook"},
+		{"email section missing", func(c *config.Config) { c.Kinds["mail"] = config.Kind{Type: "email", OnDiscard: "continue"} }, "kinds.mail.email.servers: required"},
+		{"email no servers", func(c *config.Config) { emailKind(c, func(e *config.Email) { e.Servers = nil }) }, "kinds.mail.email.servers: required"},
+		{"email server addr", func(c *config.Config) { emailKind(c, func(e *config.Email) { e.Servers[0].Addr = "smtp.example.com" }) }, "kinds.mail.email.servers[0].addr: must be host:port"},
+		{"email tls", func(c *config.Config) { emailKind(c, func(e *config.Email) { e.Servers[0].TLS = "ssl" }) }, `kinds.mail.email.servers[0].tls: must be one of starttls, opportunistic, implicit, none, got "ssl"`},
+		{"email pool size", func(c *config.Config) { emailKind(c, func(e *config.Email) { e.Servers[0].PoolSize = 0 }) }, "kinds.mail.email.servers[0].pool_size: must be at least 1"},
+		{"email password without user", func(c *config.Config) { emailKind(c, func(e *config.Email) { e.Servers[0].Password = "p" }) }, "kinds.mail.email.servers[0].username: required"},
+		{"email from", func(c *config.Config) { emailKind(c, func(e *config.Email) { e.From = "noreply" }) }, "kinds.mail.email.from: must be an email address"},
+		{"email from injection", func(c *config.Config) {
+			emailKind(c, func(e *config.Email) { e.From = "a@b.example\r\nBcc: x@y.example" })
+		}, "kinds.mail.email.from"},
+		{"email negative rate", func(c *config.Config) { emailKind(c, func(e *config.Email) { e.DomainRate = -1 }) }, "kinds.mail.email.domain_rate: must be a non-negative number"},
+		{"email template without body", func(c *config.Config) {
+			emailKind(c, func(e *config.Email) { e.Templates = map[string]config.EmailTemplate{"t": {Subject: "s"}} })
+		}, "kinds.mail.email.templates.t: needs a body"},
+		{"email on a noop kind", func(c *config.Config) {
+			c.Kinds["noop"] = config.Kind{Type: "noop", OnDiscard: "continue", Email: &config.Email{}}
+		}, "kinds.noop.email: only a kind of type email"},
+		{"mailings kind not email", func(c *config.Config) { c.Mailings.Kind = "noop" }, `mailings.kind: must name a kind of type email, got "noop"`},
+		{"mailings kind email", func(c *config.Config) { emailKind(c, func(*config.Email) {}); c.Mailings.Kind = "mail" }, ""},
 		{"topic without kind", func(c *config.Config) { c.Topics["t"] = config.Topic{} }, "topics.t.kind: required"},
 		{"topic unknown kind", func(c *config.Config) { c.Topics["t"] = config.Topic{Kind: "nope"} }, `topics.t.kind: no kind named "nope" is configured`},
 		{"topic name", func(c *config.Config) { c.Topics["a/b"] = config.Topic{Kind: "noop"} }, "topics.a/b: name must be"},
@@ -172,4 +194,14 @@ func TestValidateFullExample(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("testdata/full.yaml (the documented example) is invalid: %v", err)
 	}
+}
+
+// emailKind adds a valid email kind "mail" and lets change modify it.
+func emailKind(c *config.Config, change func(e *config.Email)) {
+	e := &config.Email{
+		From:    "Herald <noreply@example.com>",
+		Servers: []config.SMTPServer{{Addr: "smtp.example.com:587", TLS: "starttls", Auth: "PLAIN", PoolSize: 10}},
+	}
+	change(e)
+	c.Kinds["mail"] = config.Kind{Type: "email", OnDiscard: "continue", Email: e}
 }

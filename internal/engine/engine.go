@@ -14,6 +14,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,7 +62,9 @@ type Config struct {
 	Store   store.Driver
 	Kinds   map[string]Kind
 	Workers int
-	Owner   string
+	// Owner prefixes the lease owner name; New appends a random suffix
+	// (see Engine.Owner). Defaults to "node".
+	Owner string
 
 	Clock  clock.Clock
 	Logger *slog.Logger
@@ -117,6 +120,12 @@ type Engine struct {
 	metrics Metrics
 	stats   atomic.Pointer[store.Stats]
 	leases  leases
+
+	// known maps each job this engine claimed, until its outcome is
+	// written, to its lease token; doubtful is set after a commit whose
+	// outcome is unknown (see reconcile). Both belong to the store loop.
+	known    map[int64]int64
+	doubtful bool
 }
 
 type kindState struct {
@@ -140,9 +149,11 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 1000
 	}
-	if cfg.Owner == "" {
-		cfg.Owner = fmt.Sprintf("node-%x", rand.Uint64())
-	}
+	// Every engine claims under a name of its own, even when the node's
+	// name is stable: renewals extend every running job of the owner, so a
+	// process restarted under its predecessor's name would keep the dead
+	// process's jobs leased forever, never rescued and never run.
+	cfg.Owner = fmt.Sprintf("%s-%08x", cmp.Or(cfg.Owner, "node"), rand.Uint32())
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
@@ -170,6 +181,7 @@ func New(cfg Config) (*Engine, error) {
 		enqueue: make(chan *insertRequest, 4096),
 		finish:  make(chan finishRequest, 4096),
 		wake:    make(chan struct{}, 1),
+		known:   map[int64]int64{},
 	}
 	for name, k := range cfg.Kinds {
 		if k.Handler == nil {

@@ -102,7 +102,7 @@ func TestOutcome(t *testing.T) {
 			t.Parallel()
 			j := &store.Job{ID: 7, Kind: "k", Attempt: tt.attempt, MaxAttempts: tt.max}
 			f := e.outcome(kind(tt.block), j, tt.err, tt.cause)
-			if f.ID != 7 || f.Owner != "me" || f.Outcome != tt.want || f.BlockKey != tt.wantBlock {
+			if f.ID != 7 || f.Owner != e.Owner() || f.Outcome != tt.want || f.BlockKey != tt.wantBlock {
 				t.Fatalf("outcome = %+v, want outcome %d, block %v", f, tt.want, tt.wantBlock)
 			}
 			if !strings.Contains(f.Error, tt.wantMsg) || (tt.wantMsg == "" && f.Error != "") {
@@ -215,7 +215,7 @@ func TestWorkChecksLeaseBeforeStart(t *testing.T) {
 			if ran != tt.wantRun {
 				t.Errorf("handler ran = %v, want %v", ran, tt.wantRun)
 			}
-			if f.Outcome != tt.want || f.ID != 7 || f.LeaseToken != 3 || f.Owner != "node-a" {
+			if f.Outcome != tt.want || f.ID != 7 || f.LeaseToken != 3 || f.Owner != e.Owner() {
 				t.Errorf("finish = %+v, want outcome %d for job 7 under node-a's token 3", f.FinishParams, tt.want)
 			}
 			if got := e.metrics.LeaseExpiredBeforeStart.Load(); (got == 1) == tt.wantRun {
@@ -261,5 +261,68 @@ func TestLeasesHeld(t *testing.T) {
 	}
 	if !LeaseHeld(context.Background()) {
 		t.Error("LeaseHeld outside an attempt = false, want true")
+	}
+}
+
+// Two engines of one node name (a process and its restarted successor)
+// claim under different owners: renewals by the successor must not keep
+// the dead process's jobs leased.
+func TestOwnerUniquePerEngine(t *testing.T) {
+	t.Parallel()
+	owners := map[string]bool{}
+	for range 20 {
+		e, err := New(Config{Store: nopStore{}, Owner: "web-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(e.Owner(), "web-1-") {
+			t.Errorf("Owner() = %q, want the node name web-1 as its prefix", e.Owner())
+		}
+		owners[e.Owner()] = true
+	}
+	if len(owners) != 20 {
+		t.Errorf("20 engines named web-1 shared owners: %d distinct", len(owners))
+	}
+}
+
+// A job handed out past its last attempt (a store counted an interrupted
+// last attempt, as PostgreSQL's rescue does) is dead-lettered without
+// running: a poison job must not get more than MaxAttempts tries.
+func TestWorkDiscardsJobPastMaxAttempts(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name          string
+		attempt, max  int
+		block         bool
+		wantRun       bool
+		want          store.Outcome
+		wantBlockKey  bool
+		wantErrSubstr string
+	}{
+		{name: "last attempt runs", attempt: 3, max: 3, wantRun: true, want: store.OutcomeCompleted},
+		{name: "past the last attempt", attempt: 4, max: 3, want: store.OutcomeDiscard, wantErrSubstr: "interrupted"},
+		{name: "past the last attempt, blocking kind", attempt: 5, max: 3, block: true, want: store.OutcomeDiscard, wantBlockKey: true, wantErrSubstr: "interrupted"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ran := false
+			e, err := New(Config{Store: nopStore{}, Clock: clock.NewFake(now),
+				Kinds: map[string]Kind{"k": {Handler: func(context.Context, *store.Job) error {
+					ran = true
+					return nil
+				}, BlockKeyOnDiscard: tt.block}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.workers.Add(1)
+			e.work(e.kinds["k"], &store.Job{ID: 9, Kind: "k", LeaseToken: 2, Attempt: tt.attempt, MaxAttempts: tt.max}, now.Add(time.Minute))
+			f := <-e.finish
+			if ran != tt.wantRun || f.Outcome != tt.want || f.BlockKey != tt.wantBlockKey || f.ID != 9 || f.LeaseToken != 2 ||
+				!strings.Contains(f.Error, tt.wantErrSubstr) {
+				t.Errorf("ran=%v finish=%+v, want ran=%v outcome %d block %v error containing %q", ran, f.FinishParams, tt.wantRun, tt.want, tt.wantBlockKey, tt.wantErrSubstr)
+			}
+		})
 	}
 }

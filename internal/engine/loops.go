@@ -170,6 +170,19 @@ func (e *Engine) run() {
 			mayClaim = false
 			continue
 		}
+		if e.doubtful {
+			if err := e.reconcile(now); err != nil {
+				failures++
+				e.log.Error("store unreachable after a doubtful commit; retrying", "err", err, "failures", failures)
+				for _, r := range inserts {
+					e.acknowledge(r, nil, err)
+				}
+				inserts = inserts[:0]
+				e.sleep(min(time.Duration(failures)*50*time.Millisecond, 2*time.Second))
+				continue
+			}
+			e.doubtful = false
+		}
 		cycleStart := time.Now()
 		res, err := e.exchange(now, inserts, finishes, claim)
 		if e.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -182,6 +195,9 @@ func (e *Engine) run() {
 		}
 		if err != nil {
 			failures++
+			if errors.Is(err, store.ErrCommitUnknown) {
+				e.doubtful = true
+			}
 			e.log.Error("store write failed; retrying", "err", err, "failures", failures,
 				"pending_outcomes", len(finishes))
 			inserts = inserts[:0] // answered by exchange's fallback
@@ -224,6 +240,14 @@ func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []fi
 			inserted = inserted[n:]
 		}
 		return res, nil
+	}
+	if errors.Is(err, store.ErrCommitUnknown) {
+		// The cycle may have stored the inserts: trying them again could
+		// store them twice. Their callers learn that the outcome is unknown.
+		for _, r := range inserts {
+			e.acknowledge(r, nil, err)
+		}
+		return nil, err
 	}
 	for _, r := range inserts {
 		res, err := e.drv.InsertMany(context.Background(), store.InsertManyParams{
@@ -315,6 +339,7 @@ func (e *Engine) freeSlots(rotate int) ([]store.KindLimit, int) {
 
 func (e *Engine) startJob(j *store.Job, leaseUntil time.Time) {
 	k := e.kinds[j.Kind]
+	e.known[j.ID] = j.LeaseToken
 	k.running++
 	e.running.Add(1)
 	e.metrics.Started.Add(1)
@@ -343,6 +368,16 @@ func (e *Engine) work(k *kindState, j *store.Job, leaseUntil time.Time) {
 		e.log.Warn("job not started: its lease ended before a worker picked it up", "job_id", j.ID)
 		e.finish <- finishRequest{FinishParams: store.FinishParams{ID: j.ID, Owner: e.cfg.Owner,
 			LeaseToken: j.LeaseToken, Outcome: store.OutcomeRelease}, kind: j.Kind}
+		return
+	}
+	// A store that counts an attempt cut short by a dead or stalled node
+	// (PostgreSQL's rescue records it) hands the job out again even when
+	// that was its last attempt: running it would exceed MaxAttempts, so
+	// it is dead-lettered as is.
+	if j.MaxAttempts > 0 && j.Attempt > j.MaxAttempts {
+		e.finish <- finishRequest{FinishParams: store.FinishParams{ID: j.ID, Owner: e.cfg.Owner, LeaseToken: j.LeaseToken,
+			Outcome: store.OutcomeDiscard, BlockKey: k.BlockKeyOnDiscard,
+			Error: fmt.Sprintf("not run: its last attempt (max_attempts %d) was interrupted", j.MaxAttempts)}, kind: j.Kind}
 		return
 	}
 	ctx := e.workCtx
@@ -406,6 +441,7 @@ func (e *Engine) outcome(k *kindState, j *store.Job, err, cause error) store.Fin
 
 func (e *Engine) count(batch []finishRequest, res []store.FinishResult) {
 	for i, r := range batch {
+		delete(e.known, r.ID)
 		km := e.metrics.kind(r.kind)
 		if res[i].Fenced {
 			e.metrics.Fenced.Add(1)
@@ -431,6 +467,42 @@ func (e *Engine) count(batch []finishRequest, res []store.FinishResult) {
 			e.metrics.Released.Add(1)
 		}
 	}
+}
+
+// reconcile releases the jobs that run under this engine's name in the
+// store but not here. After a commit whose outcome is unknown, that cycle
+// may have claimed jobs without the engine learning of them; renewals by
+// owner name would keep such orphans leased, and their keys blocked, for
+// as long as the engine lives.
+func (e *Engine) reconcile(now time.Time) error {
+	const page = 1000
+	ctx := context.Background()
+	var orphans []store.FinishParams
+	for after := int64(0); ; {
+		jobs, err := e.drv.List(ctx, store.ListParams{State: store.StateRunning, AfterID: after, Limit: page, Now: now})
+		if err != nil {
+			return err
+		}
+		for _, j := range jobs {
+			if token, ok := e.known[j.ID]; j.LeaseOwner == e.cfg.Owner && (!ok || token != j.LeaseToken) {
+				orphans = append(orphans, store.FinishParams{ID: j.ID, Owner: j.LeaseOwner,
+					LeaseToken: j.LeaseToken, Outcome: store.OutcomeRelease})
+			}
+		}
+		if len(jobs) < page {
+			break
+		}
+		after = jobs[len(jobs)-1].ID
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	if _, err := e.drv.FinishMany(ctx, store.FinishManyParams{Now: now, Finishes: orphans}); err != nil {
+		return err
+	}
+	e.metrics.Released.Add(int64(len(orphans)))
+	e.log.Warn("released jobs claimed by a store commit whose outcome was unknown", "jobs", len(orphans))
+	return nil
 }
 
 // maintainLoop renews leases, rescues expired ones, prunes retention and

@@ -16,6 +16,10 @@
 //
 // Duplicates (a job succeeding more than once) are reported but are not an
 // error: at-least-once delivery allows them for jobs in flight at a crash.
+// A harness that knows when its faults happened passes them in
+// Options.Faults; each duplicate is then either recovered (a fault hit
+// while one of its successful attempts was in flight) or unexplained, and
+// unexplained duplicates fail the check.
 //
 // Check sorts per key and sweeps, so it is O(n log k) for n records with at
 // most k attempts per key; millions of records take a few seconds at most.
@@ -115,6 +119,21 @@ type Options struct {
 	// first) each category of the Report lists; counts are always exact.
 	// 0 means DefaultMaxListed, negative means no cap.
 	MaxListed int
+	// Faults, when not nil, are the windows during which the harness
+	// injected faults (a kill -9 is a window of one instant; a SIGSTOP lasts
+	// until SIGCONT). A duplicate is then recovered if some successful
+	// attempt of it, other than its last one, started no later than a
+	// fault window ended and was followed by another attempt of the job
+	// starting no earlier than the window began: the queue could not have
+	// learned of that success. Every other duplicate is unexplained and
+	// fails the check. Nil keeps duplicates informational.
+	Faults []Fault
+}
+
+// Fault is a window [From, To] during which a fault (crash, stall, restart)
+// was in effect. To may equal From for an instantaneous fault.
+type Fault struct {
+	From, To time.Time
 }
 
 // OrderViolation is an attempt that started after an attempt of a higher
@@ -155,11 +174,16 @@ type Report struct {
 	Delivered    int // distinct ids with at least one Succeeded attempt
 	Attempts     int // records checked
 
-	Lost         int // acknowledged, never succeeded, not dead-lettered
-	Unexpected   int // distinct ids delivered but never acknowledged nor indeterminate
-	Duplicates   int // distinct ids that succeeded more than once (not an error)
-	DeadLettered int // expected dead-lettered ids that failed and never succeeded
-	Unfinished   int // records with neither End nor CrashedAt
+	Lost       int // acknowledged, never succeeded, not dead-lettered
+	Unexpected int // distinct ids delivered but never acknowledged nor indeterminate
+	Duplicates int // distinct ids that succeeded more than once (not an error)
+	// RecoveredDuplicates and UnexplainedDuplicates split Duplicates when
+	// Options.Faults is set (both are 0 otherwise): only unexplained ones
+	// are an error.
+	RecoveredDuplicates   int
+	UnexplainedDuplicates int
+	DeadLettered          int // expected dead-lettered ids that failed and never succeeded
+	Unfinished            int // records with neither End nor CrashedAt
 	// Mismatched counts distinct acknowledged ids whose records, or repeated
 	// acks, disagree with the first ack about Key or Seq: the order checks
 	// would then be judging the wrong job, so it is an error.
@@ -169,6 +193,8 @@ type Report struct {
 	UnexpectedIDs []int64
 	DuplicateIDs  []int64
 	MismatchedIDs []int64
+	// UnexplainedDuplicateIDs lists duplicates no fault window explains.
+	UnexplainedDuplicateIDs []int64
 
 	NumOrderViolations int              // attempts that started after a higher seq of their key
 	NumOverlaps        int              // attempts that started while another of their key ran
@@ -180,7 +206,7 @@ type Report struct {
 // mismatched, and no order violations or overlaps. Duplicates are allowed.
 func (r Report) OK() bool {
 	return r.Lost == 0 && r.Unexpected == 0 && r.Mismatched == 0 &&
-		r.NumOrderViolations == 0 && r.NumOverlaps == 0
+		r.UnexplainedDuplicates == 0 && r.NumOrderViolations == 0 && r.NumOverlaps == 0
 }
 
 // Err returns nil if r.OK(), otherwise an error naming each failed check
@@ -198,6 +224,7 @@ func (r Report) Err() error {
 	ids(r.Lost, "lost", r.LostIDs)
 	ids(r.Unexpected, "unexpected", r.UnexpectedIDs)
 	ids(r.Mismatched, "mismatched", r.MismatchedIDs)
+	ids(r.UnexplainedDuplicates, "unexplained duplicates", r.UnexplainedDuplicateIDs)
 	if r.NumOrderViolations > 0 {
 		s := fmt.Sprintf("%d order violations", r.NumOrderViolations)
 		if len(r.OrderViolations) > 0 {
@@ -231,9 +258,13 @@ func fmtIDs(n int, ids []int64) string {
 
 // String is a one-line summary of all counts.
 func (r Report) String() string {
-	return fmt.Sprintf("acknowledged=%d delivered=%d attempts=%d lost=%d unexpected=%d duplicates=%d dead-lettered=%d unfinished=%d mismatched=%d order-violations=%d overlaps=%d",
+	s := fmt.Sprintf("acknowledged=%d delivered=%d attempts=%d lost=%d unexpected=%d duplicates=%d dead-lettered=%d unfinished=%d mismatched=%d order-violations=%d overlaps=%d",
 		r.Acknowledged, r.Delivered, r.Attempts, r.Lost, r.Unexpected, r.Duplicates,
 		r.DeadLettered, r.Unfinished, r.Mismatched, r.NumOrderViolations, r.NumOverlaps)
+	if r.RecoveredDuplicates > 0 || r.UnexplainedDuplicates > 0 {
+		s += fmt.Sprintf(" (duplicates: recovered=%d unexplained=%d)", r.RecoveredDuplicates, r.UnexplainedDuplicates)
+	}
+	return s
 }
 
 // idState accumulates what the records say about one id.
@@ -334,6 +365,11 @@ func Check(acks []Ack, recs []Record, opts Options) Report {
 	}
 	rep.Lost, rep.LostIDs = len(lost), firstIDs(lost, limit)
 	rep.Unexpected, rep.UnexpectedIDs = len(unexpected), firstIDs(unexpected, limit)
+	if opts.Faults != nil && len(dups) > 0 {
+		var unexplained []int64
+		rep.RecoveredDuplicates, unexplained = explainDuplicates(recs, dups, opts.Faults)
+		rep.UnexplainedDuplicates, rep.UnexplainedDuplicateIDs = len(unexplained), firstIDs(unexplained, limit)
+	}
 	rep.Duplicates, rep.DuplicateIDs = len(dups), firstIDs(dups, limit)
 	rep.Mismatched, rep.MismatchedIDs = len(mismatched), firstIDs(mismatched, limit)
 
@@ -349,6 +385,48 @@ func Check(acks []Ack, recs []Record, opts Options) Report {
 			Overlap{Key: recs[p.later].Key, Earlier: recs[p.earlier], Later: recs[p.later]})
 	}
 	return rep
+}
+
+// explainDuplicates splits the duplicate ids into those a fault window
+// explains (see Options.Faults) and the rest.
+func explainDuplicates(recs []Record, dups []int64, faults []Fault) (recovered int, unexplained []int64) {
+	want := make(map[int64][]int, len(dups))
+	for _, id := range dups {
+		want[id] = nil
+	}
+	for i := range recs {
+		if _, ok := want[recs[i].ID]; ok {
+			want[recs[i].ID] = append(want[recs[i].ID], i)
+		}
+	}
+	for _, id := range dups {
+		idx := want[id]
+		slices.SortFunc(idx, func(a, b int) int { return cmpStart(&recs[a], &recs[b]) })
+		if duplicateExplained(recs, idx, faults) {
+			recovered++
+		} else {
+			unexplained = append(unexplained, id)
+		}
+	}
+	return recovered, unexplained
+}
+
+// duplicateExplained reports whether some successful attempt of one job
+// (idx in start order) was followed by another attempt across a fault that
+// hit while the success was in flight.
+func duplicateExplained(recs []Record, idx []int, faults []Fault) bool {
+	for n, i := range idx[:len(idx)-1] {
+		if recs[i].Outcome != Succeeded {
+			continue
+		}
+		next := recs[idx[n+1]].Start
+		for _, f := range faults {
+			if !recs[i].Start.After(f.To) && !next.Before(f.From) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (st *idState) add(o Outcome) {

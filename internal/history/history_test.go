@@ -620,3 +620,45 @@ func BenchmarkCheck(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/record")
 }
+
+// With Options.Faults, a duplicate is recovered only if a fault hit while
+// one of its successes was in flight, before the job ran again.
+func TestCheckDuplicatesAgainstFaults(t *testing.T) {
+	t.Parallel()
+	// Job 1 succeeds over [0, 10) ms and again over [50, 60) ms.
+	dup := []history.Record{ok(1, "a", 1, 0, 10), retry(ok(1, "a", 1, 50, 60), 2)}
+	single := []history.Record{ok(1, "a", 1, 0, 10)}
+	tests := []struct {
+		name                     string
+		recs                     []history.Record
+		faults                   []history.Fault
+		recovered, unexplained   int
+		wantOK                   bool
+		wantUnexplainedListedIDs []int64
+	}{
+		{name: "nil faults keep duplicates informational", recs: dup, faults: nil, wantOK: true},
+		{name: "no fault at all", recs: dup, faults: []history.Fault{}, unexplained: 1, wantUnexplainedListedIDs: []int64{1}},
+		{name: "kill between the two successes", recs: dup, faults: []history.Fault{{From: at(30), To: at(30)}}, recovered: 1, wantOK: true},
+		{name: "kill during the first success", recs: dup, faults: []history.Fault{{From: at(5), To: at(5)}}, recovered: 1, wantOK: true},
+		{name: "stall window covering the first success", recs: dup, faults: []history.Fault{{From: at(-20), To: at(40)}}, recovered: 1, wantOK: true},
+		{name: "fault before the first success", recs: dup, faults: []history.Fault{{From: at(-20), To: at(-10)}}, unexplained: 1, wantUnexplainedListedIDs: []int64{1}},
+		{name: "fault after the second start", recs: dup, faults: []history.Fault{{From: at(55), To: at(70)}}, unexplained: 1, wantUnexplainedListedIDs: []int64{1}},
+		{name: "no duplicate", recs: single, faults: []history.Fault{}, wantOK: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rep := history.Check(acks("a", 1), tt.recs, history.Options{Faults: tt.faults})
+			if rep.RecoveredDuplicates != tt.recovered || rep.UnexplainedDuplicates != tt.unexplained || rep.OK() != tt.wantOK {
+				t.Errorf("recovered=%d unexplained=%d ok=%v, want %d %d %v (%s)", rep.RecoveredDuplicates, rep.UnexplainedDuplicates, rep.OK(),
+					tt.recovered, tt.unexplained, tt.wantOK, rep)
+			}
+			if diff := cmp.Diff(tt.wantUnexplainedListedIDs, rep.UnexplainedDuplicateIDs); diff != "" {
+				t.Errorf("UnexplainedDuplicateIDs (-want +got):\n%s", diff)
+			}
+			if !tt.wantOK && !strings.Contains(fmt.Sprint(rep.Err()), "unexplained duplicates") {
+				t.Errorf("Err() = %v, want it to name the unexplained duplicates", rep.Err())
+			}
+		})
+	}
+}

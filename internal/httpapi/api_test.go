@@ -678,7 +678,7 @@ func TestStoreUnavailable(t *testing.T) {
 	s := New(unavailableClient{b.client}, Options{RetryAfter: 2500 * time.Millisecond})
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, b.newRequest(http.MethodPost, "/v1/jobs", []byte(`{"kind":"noop","payload":{}}`)))
-	checkError(t, rec, http.StatusServiceUnavailable, "unavailable", "")
+	checkError(t, rec, http.StatusServiceUnavailable, "store_unavailable", "")
 	if got := rec.Header().Get("Retry-After"); got != "3" {
 		t.Errorf("Retry-After = %q; want 3", got)
 	}

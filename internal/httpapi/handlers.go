@@ -86,6 +86,9 @@ func (s *Server) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, serr := req.params("")
+	if serr == nil {
+		serr = s.prepare(&p, "")
+	}
 	if serr != nil {
 		writeStatusError(w, serr)
 		return
@@ -137,6 +140,9 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		p, serr := jr.params(prefix)
+		if serr == nil {
+			serr = s.prepare(&p, prefix)
+		}
 		if serr != nil {
 			writeStatusError(w, serr)
 			return
@@ -205,9 +211,14 @@ func (s *Server) handleEvent(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	idem := r.Header.Get("Idempotency-Key")
-	res, err := s.client.Enqueue(r.Context(), herald.EnqueueParams{
-		Kind: topic.Kind, Key: key, Payload: json.RawMessage(body), IdempotencyKey: idem,
-	})
+	p := herald.EnqueueParams{Kind: topic.Kind, Key: key, Payload: json.RawMessage(body), IdempotencyKey: idem}
+	if serr := s.prepare(&p, ""); serr != nil {
+		// The event is the payload: name the event's own field.
+		serr.Field = strings.TrimPrefix(strings.TrimPrefix(serr.Field, "payload"), ".")
+		writeStatusError(w, serr)
+		return
+	}
+	res, err := s.client.Enqueue(r.Context(), p)
 	if err != nil {
 		// The client names the job's fields; the caller knows the event's.
 		if fe, ok := errors.AsType[*herald.FieldError](err); ok {
@@ -530,8 +541,10 @@ func (s *Server) writeClientError(w http.ResponseWriter, r *http.Request, err er
 		writeError(w, http.StatusNotFound, apiError{Code: "not_found", Message: "no job with that id"})
 	case errors.Is(err, herald.ErrWrongState):
 		writeError(w, http.StatusConflict, apiError{Code: "wrong_state", Message: "the job is in the wrong state for this operation"})
+	case errors.Is(err, herald.ErrCommitUnknown):
+		s.unavailable(w, "commit_unknown", "the connection to the store broke while the write committed: it may or may not have been stored; retry with an idempotency_key to be safe")
 	case errors.Is(err, herald.ErrUnavailable):
-		s.unavailable(w, "unavailable", "the store cannot take writes right now; retry later")
+		s.unavailable(w, "store_unavailable", "the store cannot take writes right now (disk full, read-only, locked, or its database unreachable); retry later, with an idempotency_key if a duplicate would matter")
 	case errors.Is(err, herald.ErrStopped), errors.Is(err, herald.ErrNotStarted):
 		s.unavailable(w, "stopped", "the queue is not running; retry later")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -2,33 +2,35 @@ package httpapi
 
 import (
 	"bytes"
+	"cmp"
 	"net/http"
 	"strings"
 	"testing"
 )
 
-// TestHostileRequests sends bad, oversized, unauthenticated and ill-timed
-// requests. Each must get a clear 4xx/5xx in the documented error shape,
-// store nothing, and leave the server serving.
-func TestHostileRequests(t *testing.T) {
-	t.Parallel()
-	const limit = 1 << 20
+// hostileCase is one bad, oversized, unauthenticated or ill-timed request.
+type hostileCase struct {
+	name        string
+	opts        func(*Options)
+	prepare     func(*testBundle)
+	path        string // defaults to POST /v1/jobs
+	body        string
+	contentType string // defaults to application/json; "-" sends none
+	auth        string // defaults to the valid token; "-" sends none
+	status      int
+	code        string
+	field       string
+	retryAfter  bool
+}
+
+// hostileLimit is the request size limit the hostile cases run with.
+const hostileLimit = 1 << 20
+
+func hostileCases() []hostileCase {
 	nested := func(depth int) string {
 		return `{"kind":"noop","payload":` + strings.Repeat("[", depth) + strings.Repeat("]", depth) + `}`
 	}
-	tests := []struct {
-		name        string
-		opts        func(*Options)
-		prepare     func(*testBundle)
-		path        string // defaults to POST /v1/jobs
-		body        string
-		contentType string // defaults to application/json; "-" sends none
-		auth        string // defaults to the valid token; "-" sends none
-		status      int
-		code        string
-		field       string
-		retryAfter  bool
-	}{
+	return []hostileCase{
 		// Malformed and mistyped JSON.
 		{name: "malformed JSON", body: `{"kind":"noop",`, status: 400, code: "malformed_json"},
 		{name: "not JSON", body: `kind=noop`, status: 400, code: "malformed_json"},
@@ -100,40 +102,55 @@ func TestHostileRequests(t *testing.T) {
 			path: "/v1/events/signup", body: `{"account":"a"}`, status: 429, code: "backlog_full", retryAfter: true,
 		},
 	}
-	for _, tt := range tests {
+}
+
+// options are the server options of the case.
+func (tt hostileCase) options() Options {
+	opts := Options{
+		Tokens:          []string{testToken},
+		MaxRequestBytes: hostileLimit,
+		Topics:          map[string]Topic{"signup": {Kind: "noop", KeyField: "account"}},
+	}
+	if tt.opts != nil {
+		tt.opts(&opts)
+	}
+	return opts
+}
+
+// request is the case's request, for the in-process handler.
+func (tt hostileCase) request(b *testBundle) *http.Request {
+	path := cmp.Or(tt.path, "/v1/jobs")
+	r := b.newRequest(http.MethodPost, path, []byte(tt.body))
+	switch tt.contentType {
+	case "":
+	case "-":
+		r.Header.Del("Content-Type")
+	default:
+		r.Header.Set("Content-Type", tt.contentType)
+	}
+	switch tt.auth {
+	case "":
+	case "-":
+		r.Header.Del("Authorization")
+	default:
+		r.Header.Set("Authorization", tt.auth)
+	}
+	return r
+}
+
+// TestHostileRequests sends bad, oversized, unauthenticated and ill-timed
+// requests. Each must get a clear 4xx/5xx in the documented error shape,
+// store nothing, and leave the server serving.
+func TestHostileRequests(t *testing.T) {
+	t.Parallel()
+	for _, tt := range hostileCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			opts := Options{
-				Tokens:          []string{testToken},
-				MaxRequestBytes: limit,
-				Topics:          map[string]Topic{"signup": {Kind: "noop", KeyField: "account"}},
-			}
-			if tt.opts != nil {
-				tt.opts(&opts)
-			}
-			b := setup(t, opts)
+			b := setup(t, tt.options())
 			if tt.prepare != nil {
 				tt.prepare(b)
 			}
-			path := tt.path
-			if path == "" {
-				path = "/v1/jobs"
-			}
-			r := b.newRequest(http.MethodPost, path, []byte(tt.body))
-			switch tt.contentType {
-			case "":
-			case "-":
-				r.Header.Del("Content-Type")
-			default:
-				r.Header.Set("Content-Type", tt.contentType)
-			}
-			switch tt.auth {
-			case "":
-			case "-":
-				r.Header.Del("Authorization")
-			default:
-				r.Header.Set("Authorization", tt.auth)
-			}
+			r := tt.request(b)
 			rec := b.serve(r)
 			checkError(t, rec, tt.status, tt.code, tt.field)
 			if got := rec.Header().Get("Retry-After"); (got != "") != tt.retryAfter {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"mime"
+	"net"
 	"net/http"
 	"reflect"
 	"slices"
@@ -81,6 +82,12 @@ func readBody(r *http.Request) ([]byte, *statusError) {
 		if maxErr, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, &statusError{status: http.StatusRequestEntityTooLarge, apiError: apiError{
 				Code: "request_too_large", Message: fmt.Sprintf("the request body exceeds %d bytes", maxErr.Limit),
+			}}
+		}
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			// The server's read timeout cut a client that sent too slowly.
+			return nil, &statusError{status: http.StatusRequestTimeout, apiError: apiError{
+				Code: "request_timeout", Message: "the request body did not arrive in time",
 			}}
 		}
 		return nil, badRequest("unreadable_body", "", "cannot read the request body")

@@ -11,6 +11,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -88,6 +89,14 @@ type Options struct {
 	Metrics http.Handler
 	// Clock is the time source for ages in /v1/stats. Defaults to the wall clock.
 	Clock clock.Clock
+	// Prepare maps a kind to a check that runs on each of its jobs before
+	// it is enqueued, on every enqueue route: it may complete the job (an
+	// email kind sets the default key) and refuses a bad payload with a
+	// *herald.FieldError, answered 422 naming the field. Defaults to none.
+	Prepare map[string]func(p *herald.EnqueueParams) error
+	// MailingsKind is the email kind POST /v1/mailings enqueues (seed
+	// 001's format). Defaults to "": the mailings routes answer 404.
+	MailingsKind string
 }
 
 func (o Options) withDefaults() Options {
@@ -164,6 +173,8 @@ func (s *Server) routes() []route {
 		{method: http.MethodPost, path: "/v1/events/{topic}", handler: s.handleEvent, write: true, enqueue: true},
 		{method: http.MethodGet, path: "/v1/keys/{key}", handler: s.handleKey},
 		{method: http.MethodGet, path: "/v1/stats", handler: s.handleStats},
+		{method: http.MethodPost, path: "/v1/mailings", handler: s.handleMailings, write: true, enqueue: true},
+		{method: http.MethodGet, path: "/v1/mailings/{id}", handler: s.handleMailing},
 		{method: http.MethodPost, path: "/v1/kinds/{kind}/pause", handler: s.handlePause, write: true},
 		{method: http.MethodPost, path: "/v1/kinds/{kind}/resume", handler: s.handleResume, write: true},
 		{method: http.MethodGet, path: "/healthz", handler: s.handleHealthz, public: true},
@@ -197,6 +208,15 @@ func (s *Server) guard(rt route) http.Handler {
 				s.setRetryAfter(w)
 				writeError(w, http.StatusTooManyRequests, apiError{
 					Code: "backlog_full", Message: "the backlog is over its limit; retry later",
+				})
+				return
+			}
+			// A declared length over the limit is refused before a byte of
+			// the body is read: the client learns at once, and the server
+			// does not wait out a body it will not take.
+			if r.ContentLength > s.opts.MaxRequestBytes {
+				writeError(w, http.StatusRequestEntityTooLarge, apiError{
+					Code: "request_too_large", Message: fmt.Sprintf("the request body exceeds %d bytes", s.opts.MaxRequestBytes),
 				})
 				return
 			}

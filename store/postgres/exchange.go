@@ -175,6 +175,9 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		b.Queue(s.sql.notify, s.channel)
 	}
 	if err := s.pool.SendBatch(ctx, &b).Close(); err != nil {
+		if commitUnknown(err) {
+			return nil, fmt.Errorf("%w: %w", store.ErrCommitUnknown, err)
+		}
 		return nil, err
 	}
 	for n, i := range plan.fresh {

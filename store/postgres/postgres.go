@@ -291,6 +291,21 @@ func wrap(err error) error {
 	return err
 }
 
+// commitUnknown reports whether a batch (one implicit transaction) failed
+// in a way that leaves its commit in doubt: the request may have reached
+// the server, and no answer came back. A server error means the
+// transaction rolled back; a failed connect or a request pgx knows it
+// never sent means nothing ran.
+func commitUnknown(err error) bool {
+	if _, ok := errors.AsType[*pgconn.PgError](err); ok {
+		return false
+	}
+	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
+		return false
+	}
+	return !pgconn.SafeToRetry(err) && !strings.Contains(err.Error(), "closed pool")
+}
+
 func unavailable(err error) bool {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok {
 		switch {

@@ -76,3 +76,23 @@ func TestIDsNotReusedAfterPruneAndReopen(t *testing.T) {
 		t.Fatalf("after pruning every job and reopening, new id %d reuses an old one (last was %d)", again, first[len(first)-1])
 	}
 }
+
+// Prune on an empty database (a fresh node's first maintenance) must not
+// fail: it used to store max(id) of no rows, NULL, as the id floor.
+func TestPruneEmptyDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "herald.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close() //nolint:errcheck // test
+	now := time.Now()
+	n, err := s.Prune(ctx, store.PruneParams{CompletedBefore: now, DiscardedBefore: now, IdempotencyBefore: now})
+	if err != nil || n != 0 {
+		t.Fatalf("Prune on an empty database = %d, %v; want 0, nil", n, err)
+	}
+	if err := s.loadLastID(ctx); err != nil || s.lastID != 0 {
+		t.Fatalf("last id after pruning nothing = %d, %v; want 0", s.lastID, err)
+	}
+}

@@ -310,7 +310,15 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 	s.exchangeMu.Lock()
 	defer s.exchangeMu.Unlock()
 	nowUS := micros(now)
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	var out *store.Job
+	err := s.inTx(ctx, func(tx *sql.Tx) (err error) {
+		// Read the result inside the transaction: once it commits, the job
+		// may run, finish and be pruned before a later read.
+		defer func() {
+			if err == nil {
+				out, err = s.get(ctx, tx, id, now)
+			}
+		}()
 		j, err := s.get(ctx, tx, id, now)
 		if err != nil {
 			return err
@@ -344,7 +352,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	return s.get(ctx, s.writer, id, now)
+	return out, nil
 }
 
 // rejoinDue is the line position for a job (re)joining key's line now: now,
@@ -380,7 +388,15 @@ func (s *Store) rejoinDue(ctx context.Context, tx *sql.Tx, key string, id, nowUS
 func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job, error) {
 	s.exchangeMu.Lock()
 	defer s.exchangeMu.Unlock()
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	var out *store.Job
+	err := s.inTx(ctx, func(tx *sql.Tx) (err error) {
+		// Read the result inside the transaction: once it commits, a short
+		// retention may prune the cancelled job before a later read.
+		defer func() {
+			if err == nil {
+				out, err = s.get(ctx, tx, id, now)
+			}
+		}()
 		j, err := s.get(ctx, tx, id, now)
 		if err != nil {
 			return err
@@ -403,7 +419,7 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	return s.get(ctx, s.writer, id, now)
+	return out, nil
 }
 
 // Prune deletes finalized jobs past retention and frees expired
@@ -417,9 +433,10 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 	var total int64
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		// The newest jobs may be about to go: remember the highest id so it
-		// is never handed out again (see Store.lastID).
+		// is never handed out again (see Store.lastID). No row when the
+		// table is empty: max(id) would be NULL.
 		if _, err := tx.ExecContext(ctx, `INSERT INTO herald_meta (name, value)
-			SELECT 'id_floor', max(id) FROM herald_jobs WHERE true
+			SELECT 'id_floor', id FROM herald_jobs WHERE id = (SELECT max(id) FROM herald_jobs)
 			ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)`); err != nil {
 			return err
 		}

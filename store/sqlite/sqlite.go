@@ -134,6 +134,22 @@ type Options struct {
 	CacheMiB int
 	// Readers is the number of read connections. Defaults to 4.
 	Readers int
+	// BusyTimeout is how long a write waits for a lock another process
+	// holds (a backup, the sqlite3 shell) before failing with
+	// store.ErrUnavailable. herald is the only writer of its database (the
+	// advisory lock keeps other herald processes out), so only outside
+	// tools contend; a write that fails is retried by the engine, and an
+	// enqueue answers 503 with Retry-After. Waiting longer than an HTTP
+	// client would only turns those 503s into client timeouts, and an
+	// enqueue may wait twice (its batch, then alone). Defaults to 2s.
+	BusyTimeout time.Duration
+	// LockWait is how long Open waits for the database's advisory lock
+	// before failing with ErrLocked. Not zero because a lock just released
+	// may still be held for a moment by a forked child of the process that
+	// held it: a fork copies the lock's descriptor, and only the child's
+	// exec closes it (O_CLOEXEC). A second live herald still fails, after
+	// this long. Defaults to 1s.
+	LockWait time.Duration
 }
 
 // Open opens (creating if needed) the database at path, applies migrations
@@ -145,6 +161,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.Readers <= 0 {
 		opts.Readers = 4
 	}
+	if opts.BusyTimeout <= 0 {
+		opts.BusyTimeout = 2 * time.Second
+	}
+	if opts.LockWait <= 0 {
+		opts.LockWait = time.Second
+	}
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("sqlite: create data directory: %w", err)
@@ -154,12 +176,13 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open lock file: %w", err)
 	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := flockWithin(ctx, lock, opts.LockWait); err != nil {
 		return nil, errors.Join(fmt.Errorf("%w (%s)", ErrLocked, path), lock.Close())
 	}
 	s := &Store{path: path, lock: lock}
 	s.claims.init()
-	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)", opts.CacheMiB*1024)
+	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)",
+		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024)
 	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: open: %w", err), s.Close())
@@ -197,6 +220,22 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, errors.Join(fmt.Errorf("sqlite: prepare: %w", err), s.Close())
 	}
 	return s, nil
+}
+
+// flockWithin takes an exclusive flock on f, polling for up to wait.
+func flockWithin(ctx context.Context, f *os.File, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil || !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // Close releases the database and its lock.

@@ -2,8 +2,12 @@ package sqlite
 
 import (
 	"context"
+	"errors"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -22,4 +26,48 @@ func openTest(t *testing.T) *Store {
 		}
 	})
 	return s
+}
+
+// A lock released shortly after Open starts (as when a forked child of the
+// previous owner still holds its descriptor until exec) is waited for; a
+// lock held past LockWait fails with ErrLocked.
+func TestOpenWaitsForLock(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		holdFor time.Duration
+		wantErr error
+	}{
+		{"released within the wait", 150 * time.Millisecond, nil},
+		{"held past the wait", 2 * time.Second, ErrLocked},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "herald.db")
+			// Another open file description of the lock file: flock
+			// conflicts with it even within one process.
+			holder, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Flock(int(holder.Fd()), syscall.LOCK_EX); err != nil {
+				t.Fatal(err)
+			}
+			released := make(chan struct{})
+			go func() {
+				defer close(released)
+				time.Sleep(tt.holdFor)
+				_ = holder.Close()
+			}()
+			s, err := Open(context.Background(), path, Options{LockWait: 500 * time.Millisecond})
+			if s != nil {
+				defer s.Close() //nolint:errcheck // test
+			}
+			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
+				t.Errorf("Open = %v, want %v", err, tt.wantErr)
+			}
+			<-released
+		})
+	}
 }
