@@ -71,6 +71,8 @@ func (s *Store) listenOnce(ctx context.Context, wake, connected func()) error {
 // an unexpired term, or extends owner's own term. Terms are measured on
 // the database's clock, so nodes' clocks need not agree.
 func (s *Store) Elect(ctx context.Context, owner string, ttl time.Duration) (bool, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var got string
 	err := s.pool.QueryRow(ctx, s.sql.elect, owner, ttl.Milliseconds()).Scan(&got)
 	if errNoRows(err) {

@@ -378,3 +378,43 @@ func TestNewcomerBehindRunningHead(t *testing.T) {
 		})
 	}
 }
+
+// A call without a deadline of its own is bounded by QueryTimeout: a
+// node whose connection stops answering fails the call (and retries it)
+// instead of hanging. Here the key's lock is held elsewhere.
+func TestQueryTimeout(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	s, err := postgres.Open(t.Context(), u, postgres.Options{MaxConns: 2, QueryTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	holder, err := pgx.Connect(t.Context(), pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(context.Background()) //nolint:errcheck // test connection
+	tx, err := holder.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // releases the lock
+	// Hold the jobs table, so the insert waits as it would for a server
+	// that stopped answering.
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE `+pgx.Identifier{s.Schema(), "jobs"}.Sanitize()+` IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = s.InsertMany(context.Background(), store.InsertManyParams{Now: time.Now(),
+		Jobs: []store.InsertParams{{Kind: "k", Key: "k", Payload: []byte(`{}`), MaxAttempts: 1}}})
+	if err == nil {
+		t.Fatal("InsertMany succeeded while the table was locked")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("InsertMany failed after %s, want about the 300ms query timeout", took)
+	}
+	if !errors.Is(err, store.ErrCommitUnknown) && !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("error %v; want ErrCommitUnknown or ErrUnavailable (the batch was sent)", err)
+	}
+}
