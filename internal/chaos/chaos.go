@@ -582,7 +582,7 @@ func (h *harness) drawFault() string {
 // inject applies one fault and brings the victim back.
 func (h *harness) inject(ctx context.Context, kind string) error {
 	// A node that died by itself since the last fault is restarted (and
-	// logged) first: signalling a dead process would end the run.
+	// logged) first: signaling a dead process would end the run.
 	if err := h.ensureUp(ctx); err != nil {
 		return err
 	}
