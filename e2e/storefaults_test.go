@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -273,7 +274,7 @@ func lockDatabase(t *testing.T, path string) (unlock func()) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out := &strings.Builder{}
+		out := &lockedBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -312,4 +313,23 @@ func lockDatabase(t *testing.T, path string) (unlock func()) {
 		_ = conn.Close()
 		_ = db.Close()
 	}
+}
+
+// lockedBuffer is a strings.Builder safe for exec's copying goroutine and
+// a reader polling it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

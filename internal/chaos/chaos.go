@@ -21,11 +21,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -222,6 +224,9 @@ type Result struct {
 
 	Cycles int
 	Faults map[string]int // injected, by kind
+	// DrainErr is set when the final drain timed out: jobs were stuck.
+	// The history is judged anyway.
+	DrainErr error
 	// UnplannedExits counts nodes found dead that no fault killed: each is
 	// worth reading in its log (a crash is a bug even if nothing was lost).
 	UnplannedExits int
@@ -287,6 +292,9 @@ const latencyFloor = 50 * time.Millisecond
 // ErrFailed that says which did not.
 func (r Result) Err() error {
 	var errs []error
+	if r.DrainErr != nil {
+		errs = append(errs, r.DrainErr)
+	}
 	if err := r.Report.Err(); err != nil {
 		errs = append(errs, err)
 	}
@@ -505,7 +513,12 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 	}
 	h.log.Info("final drain")
 	if err := h.drain(ctx); err != nil {
-		return res, err
+		if ctx.Err() != nil {
+			return res, err
+		}
+		// Still judge: the history says which jobs are stuck (lost) and
+		// whether their keys moved on without them (order).
+		res.DrainErr = err
 	}
 	dead, err := h.poisonDiscarded(ctx)
 	if err != nil {
@@ -759,7 +772,10 @@ func (h *harness) drain(ctx context.Context) error {
 		}
 		if time.Now().After(deadline) {
 			h.dumpUndrained(ctx)
-			return fmt.Errorf("not drained after %s: %d jobs left (stats: %w; see undrained.json)", h.cfg.DrainTimeout, left, err)
+			if err != nil {
+				return fmt.Errorf("not drained after %s: stats: %w (see undrained.json)", h.cfg.DrainTimeout, err)
+			}
+			return fmt.Errorf("not drained after %s: %d jobs left (see undrained.json)", h.cfg.DrainTimeout, left)
 		}
 		sleepCtx(ctx, 50*time.Millisecond)
 		if ctx.Err() != nil {
@@ -772,20 +788,39 @@ func (h *harness) drain(ctx context.Context) error {
 // waiting, for reading a run that did not drain.
 func (h *harness) dumpUndrained(ctx context.Context) {
 	var b bytes.Buffer
-	for _, path := range []string{"/v1/stats", "/v1/jobs?state=running&limit=20", "/v1/jobs?state=available&limit=20",
-		"/v1/jobs?state=retryable&limit=20", "/v1/jobs?state=scheduled&limit=20"} {
+	get := func(path string) []byte {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.nodes[0].addr+path, nil)
 		if err != nil {
-			continue
+			return nil
 		}
 		resp, err := h.wl.client.Do(req)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v\n", path, err)
-			continue
+			return nil
 		}
-		fmt.Fprintf(&b, "%s:\n", path)
-		_, _ = b.ReadFrom(resp.Body)
-		_ = resp.Body.Close()
+		defer resp.Body.Close() //nolint:errcheck // read below
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		fmt.Fprintf(&b, "%s:\n%s\n", path, body)
+		return body
+	}
+	get("/v1/stats")
+	keys := map[string]bool{}
+	for _, st := range []string{"running", "available", "retryable", "scheduled"} {
+		var list struct {
+			Jobs []struct {
+				Key string `json:"key"`
+			} `json:"jobs"`
+		}
+		_ = json.Unmarshal(get("/v1/jobs?state="+st+"&limit=20"), &list)
+		for _, j := range list.Jobs {
+			if j.Key != "" && len(keys) < 10 {
+				keys[j.Key] = true
+			}
+		}
+	}
+	// The keys' lines say why they do not move (waiting_on).
+	for k := range keys {
+		get("/v1/keys/" + url.PathEscape(k))
 	}
 	_ = os.WriteFile(filepath.Join(h.dir, "undrained.json"), b.Bytes(), 0o600)
 }
