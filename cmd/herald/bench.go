@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"time"
 
@@ -87,7 +88,7 @@ output is one JSON object with the scenario's results.`,
 		bJobs, bKeys                   int
 		hRequests, hConns, hBatch      int
 		eMessages, eConns              int
-		eSMTP                          string
+		eSMTP, eSource                 string
 	)
 
 	throughput := scenario("throughput", "No-op jobs, durable and ordered: enqueue rate and end-to-end processing rate",
@@ -122,10 +123,18 @@ output is one JSON object with the scenario's results.`,
 	httpLoad.Flags().IntVar(&hBatch, "batch", 1, "jobs per request (above 1: POST /v1/jobs/batch)")
 
 	emailLoad := scenario("email", "Email jobs: durable enqueue → delivered over pooled SMTP connections",
-		func(ctx context.Context) (any, error) { return bench.Email(ctx, opts, eSMTP, eMessages, eConns) })
+		func(ctx context.Context) (any, error) {
+			src := eSource
+			if src == "auto" {
+				// Compare with smtp-source when it is installed (Debian: postfix).
+				src, _ = exec.LookPath("smtp-source")
+			}
+			return bench.Email(ctx, opts, eSMTP, eMessages, eConns, src)
+		})
 	emailLoad.Flags().StringVar(&eSMTP, "smtp", "", "SMTP sink host:port (empty: an in-process go-smtp sink)")
 	emailLoad.Flags().IntVar(&eMessages, "messages", 20000, "messages to send, each to its own recipient")
 	emailLoad.Flags().IntVar(&eConns, "conns", 20, "SMTP connections (the pool size)")
+	emailLoad.Flags().StringVar(&eSource, "smtp-source", "auto", `postfix smtp-source to measure the sink's raw rate with first ("auto": if in PATH; "": skip)`)
 
 	cmd.AddCommand(throughput, latency, makespan, backlog, httpLoad, emailLoad)
 	return cmd

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,8 +37,14 @@ type EmailResult struct {
 	// CPUMicrosPerMsg is this process's user+system CPU time per message
 	// (it includes the in-process sink when there is no --smtp).
 	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
-	// LoadAvg is /proc/loadavg's 1-minute figure at the end of the run.
+	// LoadAvg is /proc/loadavg (1, 5, 15 minutes) at the end of the run.
 	LoadAvg string `json:"load_avg"`
+	// SMTPSourcePerS is postfix smtp-source's raw rate on the same sink with
+	// as many reused connections, measured just before herald's run; 0 when
+	// smtp-source was not run.
+	SMTPSourcePerS float64 `json:"smtp_source_per_s,omitempty"`
+	// Ratio is SentPerS / SMTPSourcePerS.
+	Ratio float64 `json:"ratio,omitempty"`
 }
 
 // Err fails the run when a message was not delivered.
@@ -53,7 +61,11 @@ func (r EmailResult) Err() error {
 // smtpAddr, or to an in-process go-smtp sink when smtpAddr is empty.
 // sent_per_s is messages over the time from the first enqueue to the last
 // server acceptance.
-func Email(ctx context.Context, o Options, smtpAddr string, messages, conns int) (EmailResult, error) {
+//
+// smtpSource, if not empty, is the smtp-source binary to measure the sink's
+// raw rate with first (same messages, same number of reused connections),
+// so both figures come from one run on one sink.
+func Email(ctx context.Context, o Options, smtpAddr string, messages, conns int, smtpSource string) (EmailResult, error) {
 	res := EmailResult{Scenario: "email", Messages: messages, Conns: conns, SMTP: smtpAddr}
 	if messages <= 0 || conns <= 0 {
 		return res, errors.New("messages and conns must be positive")
@@ -65,6 +77,14 @@ func Email(ctx context.Context, o Options, smtpAddr string, messages, conns int)
 		}
 		defer func() { _ = sink.Close() }()
 		smtpAddr, res.SMTP = sink.Addr(), "in-process go-smtp"
+	}
+	if smtpSource != "" {
+		d, err := runSMTPSource(ctx, smtpSource, smtpAddr, messages, conns)
+		if err != nil {
+			return res, err
+		}
+		res.SMTPSourcePerS = float64(messages) / d.Seconds()
+		o.printf("smtp-source: %d messages in %s (%.0f/s)", messages, d.Round(time.Millisecond), res.SMTPSourcePerS)
 	}
 	sender, err := email.NewSender(email.Config{Servers: []email.ServerConfig{{
 		Addr: smtpAddr, TLS: email.TLSNone, PoolSize: conns, Timeout: 30 * time.Second,
@@ -114,9 +134,25 @@ func Email(ctx context.Context, o Options, smtpAddr string, messages, conns int)
 	res.Failed = failed.Load()
 	res.Dials = sender.Dials()
 	res.LoadAvg = loadAvg()
+	if res.SMTPSourcePerS > 0 {
+		res.Ratio = res.SentPerS / res.SMTPSourcePerS
+	}
 	o.printf("sent %d messages in %s end to end (%.0f/s) over %d connections, %.0f µs CPU/message, load %s",
 		messages, total.Round(time.Millisecond), res.SentPerS, res.Dials, res.CPUMicrosPerMsg, res.LoadAvg)
 	return res, nil
+}
+
+// runSMTPSource runs postfix's load generator against addr: messages
+// messages of ~300 bytes over conns sessions that keep their connection
+// (-d), as herald's pool does.
+func runSMTPSource(ctx context.Context, bin, addr string, messages, conns int) (time.Duration, error) {
+	cmd := exec.CommandContext(ctx, bin, "-d", "-s", strconv.Itoa(conns), "-m", strconv.Itoa(messages), "-l", "300", //nolint:gosec // the operator's own flag
+		"-f", "bench@herald.example", "-t", "user@bench.example", addr)
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("smtp-source: %w: %s", err, out)
+	}
+	return time.Since(start), nil
 }
 
 func enqueueEmails(ctx context.Context, c *herald.Client, n, batch, producers int) (time.Duration, error) {

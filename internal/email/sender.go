@@ -372,7 +372,14 @@ func (s *Sender) Send(ctx context.Context, env Envelope, data []byte) ([]Recipie
 			return results, err
 		}
 		errs = append(errs, err)
-		s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "email: server failed, trying the next", slog.String("server", p.cfg.Addr), slog.String("error", err.Error()))
+		// A reply's text may name a recipient: log its code only.
+		attrs := []slog.Attr{slog.String("server", p.cfg.Addr)}
+		if re != nil {
+			attrs = append(attrs, slog.String("command", re.Command), slog.Int("reply", re.Code), slog.String("enhanced", re.Enhanced))
+		} else {
+			attrs = append(attrs, slog.String("error", err.Error()))
+		}
+		s.cfg.Logger.LogAttrs(ctx, slog.LevelWarn, "email: server failed, trying the next", attrs...)
 	}
 	if len(errs) == 0 {
 		return results, &ThrottledError{Until: earliest, Reason: "every server paused"}

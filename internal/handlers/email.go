@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/mail"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -191,6 +192,19 @@ func Email(cfg EmailConfig) (herald.HandlerFunc, error) {
 		if results == nil {
 			for _, to := range todo {
 				out.Recipients = append(out.Recipients, email.RecipientResult{Address: to, Status: email.StatusDeferred})
+			}
+		}
+		if re, ok := errors.AsType[*email.ReplyError](sendErr); ok {
+			// A reply to the whole transaction (MAIL or DATA) is every
+			// waiting recipient's answer: refused on 5xx, deferred on 4xx.
+			for i, r := range out.Recipients {
+				if r.Status == email.StatusDeferred && slices.Contains(todo, r.Address) {
+					reply := re.Reply
+					out.Recipients[i].Reply, out.Recipients[i].Server = &reply, re.Server
+					if !re.Temporary() {
+						out.Recipients[i].Status = email.StatusRefused
+					}
+				}
 			}
 		}
 		record(ctx, cfg.Logger, job.ID, out)

@@ -218,18 +218,19 @@ func TestEmailHandlerTemplate(t *testing.T) {
 func TestEmailHandlerTransactionFailures(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name      string
-		opts      smtptest.Options
-		wantState herald.JobState
-		wantAtt   int
-		wantErr   string
+		name       string
+		opts       smtptest.Options
+		wantState  herald.JobState
+		wantAtt    int
+		wantErr    string
+		wantStatus string
 	}{
 		{"DATA 554 is permanent", smtptest.Options{Data: func(smtptest.Message) *smtptest.Reply {
 			return &smtptest.Reply{Code: 554, Enhanced: [3]int{5, 6, 0}, Message: "rejected"}
-		}}, herald.StateDiscarded, 1, "554 5.6.0 rejected"},
+		}}, herald.StateDiscarded, 1, "554 5.6.0 rejected", "refused"},
 		{"MAIL 451 retries", smtptest.Options{Mail: func(string) *smtptest.Reply {
 			return &smtptest.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Message: "busy"}
-		}}, herald.StateDiscarded, 3, "451 4.3.0 busy"},
+		}}, herald.StateDiscarded, 3, "451 4.3.0 busy", "deferred"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -241,6 +242,11 @@ func TestEmailHandlerTransactionFailures(t *testing.T) {
 			}
 			if last := j.Errors[len(j.Errors)-1].Message; !strings.Contains(last, tt.wantErr) {
 				t.Errorf("last error %q does not carry the reply %q", last, tt.wantErr)
+			}
+			// The transaction's reply is the recipient's recorded answer.
+			r := output(t, j)["a@x.example"]
+			if r.Reply == nil || !strings.HasPrefix(tt.wantErr, strconv.Itoa(r.Reply.Code)+" "+r.Reply.Enhanced) || r.Status != tt.wantStatus {
+				t.Errorf("recorded %s %+v; want status %s with the reply %q", r.Status, r.Reply, tt.wantStatus, tt.wantErr)
 			}
 		})
 	}

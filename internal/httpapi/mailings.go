@@ -100,7 +100,8 @@ func mailingField(i int, field string, addrIndex int) string {
 // handleMailings enqueues seed 001's mailings: one job per mailing with the
 // addresses in Bcc (as the seed sent them), or with ?split=recipient one
 // job per address, each addressed To that recipient alone. All the jobs of
-// a request are enqueued together or not at all.
+// a request are enqueued together or not at all. With an Idempotency-Key
+// header, repeating the request returns the same jobs.
 func (s *Server) handleMailings(w http.ResponseWriter, r *http.Request) {
 	if s.opts.MailingsKind == "" {
 		writeError(w, http.StatusNotFound, apiError{Code: "mailings_disabled", Message: "no mailings kind is configured (mailings.kind)"})
@@ -123,6 +124,11 @@ func (s *Server) handleMailings(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(raws) == 0 {
 		writeStatusError(w, badRequest("invalid_field", "", "the array must hold at least one mailing"))
+		return
+	}
+	idem := r.Header.Get("Idempotency-Key")
+	if len(idem) > 200 || strings.IndexByte(idem, 0) >= 0 {
+		writeStatusError(w, badRequest("invalid_field", "Idempotency-Key", "must be at most 200 bytes without NUL"))
 		return
 	}
 	var ps []herald.EnqueueParams
@@ -152,6 +158,12 @@ func (s *Server) handleMailings(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			p := herald.EnqueueParams{Kind: s.opts.MailingsKind, Payload: json.RawMessage(raw)}
+			if idem != "" {
+				// One request, many jobs: each gets its own key derived
+				// from the request's, so a repeated request maps onto the
+				// same jobs instead of sending everything again.
+				p.IdempotencyKey = fmt.Sprintf("%s/%d/%d", idem, i, j)
+			}
 			if serr := s.prepare(&p, ""); serr != nil {
 				addr := -1
 				if split == "recipient" {

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -230,5 +231,33 @@ func TestMailingsDisabled(t *testing.T) {
 		if rec := b.do(r.method, r.path, r.body); rec.Code != http.StatusNotFound {
 			t.Errorf("%s %s: %d, want 404", r.method, r.path, rec.Code)
 		}
+	}
+}
+
+// TestMailingsIdempotent: a producer that repeats a request (a Kafka
+// consumer redelivering, say) with the same Idempotency-Key gets the same
+// jobs back, and nothing is sent twice.
+func TestMailingsIdempotent(t *testing.T) {
+	t.Parallel()
+	b := setupMail(t, true)
+	post := func() mailingsCreated {
+		r := b.newRequest(http.MethodPost, "/v1/mailings?split=recipient", []byte(seed001))
+		r.Header.Set("Idempotency-Key", "batch-7")
+		rec := b.serve(r)
+		if rec.Code != http.StatusCreated {
+			t.Fatalf("POST: %d %s", rec.Code, rec.Body)
+		}
+		return decode[mailingsCreated](t, rec)
+	}
+	first, again := post(), post()
+	if fmt.Sprint(first) != fmt.Sprint(again) {
+		t.Errorf("repeated request got other jobs: %v then %v", first, again)
+	}
+	jobs, err := b.client.List(t.Context(), herald.ListParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 4 {
+		t.Errorf("%d jobs stored, want 4", len(jobs))
 	}
 }

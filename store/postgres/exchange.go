@@ -31,6 +31,8 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	}
 	var res *store.ExchangeResult
 	err := withRetry(ctx, func() error {
+		ctx, cancel := s.bound(ctx)
+		defer cancel()
 		var err error
 		res, err = s.exchange(ctx, p)
 		return err

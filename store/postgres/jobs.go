@@ -14,6 +14,8 @@ import (
 
 // RenewLeases extends the leases of owner's running jobs.
 func (s *Store) RenewLeases(ctx context.Context, owner string, until time.Time) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	if _, err := s.pool.Exec(ctx, s.sql.renew, owner, ts(until)); err != nil {
 		return fmt.Errorf("postgres: renew leases: %w", wrap(err))
 	}
@@ -28,6 +30,8 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 	now := ts(p.Now)
 	var n int
 	err := withRetry(ctx, func() error {
+		ctx, cancel := s.bound(ctx)
+		defer cancel()
 		rows, err := s.pool.Query(ctx, s.sql.rescueFind, ts(p.ExpiredBefore))
 		if err != nil {
 			return err
@@ -58,6 +62,8 @@ func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error
 	if len(kinds) == 0 {
 		return time.Time{}, nil
 	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var next *time.Time
 	if err := s.pool.QueryRow(ctx, s.sql.nextRunAt, kinds).Scan(&next); err != nil {
 		return time.Time{}, fmt.Errorf("postgres: next run: %w", wrap(err))

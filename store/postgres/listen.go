@@ -27,7 +27,7 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 	for ctx.Err() == nil {
 		err := s.listenOnce(ctx, d.kick, func() { backoff = 100 * time.Millisecond })
 		if ctx.Err() != nil {
-			return nil //nolint:nilerr // the connection ended because ctx did: not a failure
+			return nil // the connection ended because ctx did: not a failure
 		}
 		s.log.Warn("postgres notifications interrupted; reconnecting", "err", err, "in", backoff)
 		t := time.NewTimer(backoff)
@@ -71,6 +71,8 @@ func (s *Store) listenOnce(ctx context.Context, wake, connected func()) error {
 // an unexpired term, or extends owner's own term. Terms are measured on
 // the database's clock, so nodes' clocks need not agree.
 func (s *Store) Elect(ctx context.Context, owner string, ttl time.Duration) (bool, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var got string
 	err := s.pool.QueryRow(ctx, s.sql.elect, owner, ttl.Milliseconds()).Scan(&got)
 	if errNoRows(err) {

@@ -59,6 +59,12 @@ type Options struct {
 	// 8: an engine writes from one loop, so more connections mostly serve
 	// API reads.
 	MaxConns int32
+	// QueryTimeout bounds each call that arrives without a deadline of
+	// its own (the engine's cycles, renewals, rescues), so a connection
+	// that died silently (a failover that sent no reset) cannot hang a
+	// node: the call fails, the connection is dropped, the engine retries.
+	// Defaults to 30s.
+	QueryTimeout time.Duration
 	// Logger receives the driver's own logs (notification reconnects).
 	// Defaults to discarding them.
 	Logger *slog.Logger
@@ -68,6 +74,7 @@ type Options struct {
 type Store struct {
 	pool     *pgxpool.Pool
 	connCfg  *pgx.ConnConfig // for the listener's dedicated connection
+	timeout  time.Duration   // Options.QueryTimeout
 	schema   string
 	pollOnly bool
 	log      *slog.Logger
@@ -106,6 +113,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	if !strings.Contains(connURL, "pool_max_conns") {
 		cfg.MaxConns = cmp.Or(opts.MaxConns, 8)
 	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second // an unreachable host must not hang a node
+	}
 	if opts.PollOnly {
 		// PgBouncer in transaction mode hands each transaction to any
 		// server connection: named statements would not be there.
@@ -118,6 +128,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	h.Write([]byte(opts.Schema))
 	s := &Store{
 		connCfg:  cfg.ConnConfig.Copy(),
+		timeout:  cmp.Or(opts.QueryTimeout, 30*time.Second),
 		schema:   opts.Schema,
 		pollOnly: opts.PollOnly,
 		log:      opts.Logger,
@@ -243,6 +254,14 @@ func (s *Store) migrate(ctx context.Context) error {
 		return fmt.Errorf("postgres: migrate schema %s: %w", s.schema, wrap(err))
 	}
 	return nil
+}
+
+// bound gives ctx the store's query timeout unless it has a deadline.
+func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.timeout)
 }
 
 // retryable reports errors after which a transaction can simply run again:

@@ -311,3 +311,110 @@ func TestElect(t *testing.T) {
 		t.Errorf("election results %v, want %v", got, want)
 	}
 }
+
+// A newcomer whose due time is earlier than its line's running head (its
+// node's clock is behind, or it read the clock before waiting for the
+// key's lock) still runs after the head, not never.
+func TestNewcomerBehindRunningHead(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name  string
+		after func(t *testing.T, s *postgres.Store, head *store.Job) // what happens to the head before the newcomer arrives
+	}{
+		{"Running", func(*testing.T, *postgres.Store, *store.Job) {}},
+		{"BlockingDeadLetter", func(t *testing.T, s *postgres.Store, head *store.Job) {
+			t.Helper()
+			res, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: base, Finishes: []store.FinishParams{{ID: head.ID,
+				Owner: "a", LeaseToken: head.LeaseToken, Outcome: store.OutcomeDiscard, Error: "x", BlockKey: true}}})
+			if err != nil || res[0].Fenced {
+				t.Fatalf("discard: %v %+v", err, res)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := openTest(t)
+			claim := func(now time.Time) []*store.Job {
+				t.Helper()
+				jobs, err := s.Claim(t.Context(), store.ClaimParams{Now: now, Owner: "a", LeaseUntil: now.Add(time.Hour),
+					Limits: []store.KindLimit{{Kind: "k", Max: 10}}, Max: 10})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return jobs
+			}
+			insert := func(now time.Time) *store.Job {
+				t.Helper()
+				res, err := s.InsertMany(t.Context(), store.InsertManyParams{Now: now,
+					Jobs: []store.InsertParams{{Kind: "k", Key: "key", Payload: []byte(`{}`), MaxAttempts: 3}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res[0].Job
+			}
+			insert(base)
+			head := claim(base)[0]
+			tt.after(t, s, head)
+			late := insert(base.Add(-time.Minute)) // a clock a minute behind
+			if late.Head || late.DueAt.Before(head.DueAt) {
+				t.Errorf("newcomer: Head %v, DueAt %v; want behind the head (due %v)", late.Head, late.DueAt, head.DueAt)
+			}
+			if got, err := s.Get(t.Context(), late.ID); err != nil || !got.DueAt.Equal(late.DueAt) {
+				t.Errorf("Get(newcomer) = %+v, %v; want DueAt %v as InsertMany returned", got, err, late.DueAt)
+			}
+			if tt.name == "Running" {
+				if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: base, Finishes: []store.FinishParams{{ID: head.ID,
+					Owner: "a", LeaseToken: head.LeaseToken, Outcome: store.OutcomeCompleted}}}); err != nil {
+					t.Fatal(err)
+				}
+			} else if _, err := s.Cancel(t.Context(), head.ID, base); err != nil {
+				t.Fatal(err)
+			}
+			if got := claim(base.Add(time.Second)); len(got) != 1 || got[0].ID != late.ID {
+				t.Fatalf("after the head: claimed %v, want the newcomer %d", got, late.ID)
+			}
+		})
+	}
+}
+
+// A call without a deadline of its own is bounded by QueryTimeout: a
+// node whose connection stops answering fails the call (and retries it)
+// instead of hanging. Here the key's lock is held elsewhere.
+func TestQueryTimeout(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	s, err := postgres.Open(t.Context(), u, postgres.Options{MaxConns: 2, QueryTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	holder, err := pgx.Connect(t.Context(), pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(context.Background()) //nolint:errcheck // test connection
+	tx, err := holder.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // releases the lock
+	// Hold the jobs table, so the insert waits as it would for a server
+	// that stopped answering.
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE `+pgx.Identifier{s.Schema(), "jobs"}.Sanitize()+` IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = s.InsertMany(context.Background(), store.InsertManyParams{Now: time.Now(),
+		Jobs: []store.InsertParams{{Kind: "k", Key: "k", Payload: []byte(`{}`), MaxAttempts: 1}}})
+	if err == nil {
+		t.Fatal("InsertMany succeeded while the table was locked")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("InsertMany failed after %s, want about the 300ms query timeout", took)
+	}
+	if !errors.Is(err, store.ErrCommitUnknown) && !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("error %v; want ErrCommitUnknown or ErrUnavailable (the batch was sent)", err)
+	}
+}
