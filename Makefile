@@ -60,7 +60,7 @@ bench: ## Run the benchmarks (BENCH=regexp to select) with allocation stats
 CHAOS_FLAGS ?= --cycles 10
 # `make fuzz` runs each decoder's fuzz target for FUZZTIME, one at a time.
 FUZZTIME ?= 10m
-FUZZ_TARGETS = ./internal/httpapi:FuzzDecodeJob ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzEvents ./internal/config:FuzzLoad
+FUZZ_TARGETS = ./internal/httpapi:FuzzDecodeJob ./internal/httpapi:FuzzDecodeBatch ./internal/httpapi:FuzzEvents ./internal/config:FuzzLoad ./internal/httpapi:FuzzMailings ./internal/email:FuzzMessage
 
 .PHONY: chaos
 chaos: build ## Run the reliability harness (herald chaos $(CHAOS_FLAGS)) against bin/herald

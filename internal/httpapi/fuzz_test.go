@@ -52,3 +52,18 @@ func FuzzEvents(f *testing.F) {
 	b := fuzzBundle(f)
 	f.Fuzz(func(t *testing.T, body []byte) { fuzzServe(t, b, "/v1/events/signup", body) })
 }
+
+// FuzzMailings posts arbitrary bodies to the seed 001 mailings endpoint,
+// backed by a real email kind and SMTP server, in both shapes.
+func FuzzMailings(f *testing.F) {
+	b := setupMail(f, true)
+	f.Add([]byte(seed001))
+	f.Add([]byte(`[{"Subject":"s","Body":"b","Addresses":["a@example.org","bad"],"Token":"t"}]`))
+	f.Add([]byte(`[{"Subject":"a\r\nBcc: evil@example.org","Body":"b","Addresses":["a@example.org"]}]`))
+	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"Subject":"not an array"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fuzzServe(t, b.testBundle, "/v1/mailings", body)
+		fuzzServe(t, b.testBundle, "/v1/mailings?split=recipient", body)
+	})
+}

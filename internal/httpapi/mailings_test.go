@@ -27,7 +27,7 @@ type mailBundle struct {
 	srv *smtptest.Server
 }
 
-func setupMail(t *testing.T, mailings bool) *mailBundle {
+func setupMail(t testing.TB, mailings bool) *mailBundle {
 	t.Helper()
 	srv, err := smtptest.Start(smtptest.Options{Rcpt: smtptest.PerRecipient(map[string][]*smtptest.Reply{
 		"gone@mailto.plus": {{Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such mailbox"}},
