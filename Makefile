@@ -6,14 +6,23 @@
 
 GO ?= go
 
+# The Go toolchain herald is built, tested and checked with. go1.27.3 carries the
+# standard library's security fixes that go1.26.8 lacks (govulncheck finds net/http,
+# crypto/tls, crypto/x509 and html/template issues reachable from herald with 1.26.8).
+# The go command fetches it from the module proxy on first use (~76 MB, once per
+# machine). An environment variable wins: GOTOOLCHAIN=local make ... uses the machine's Go.
+export GOTOOLCHAIN ?= go1.27.3
+
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOVULNCHECK_VERSION   ?= v1.9.0
 
 GOLANGCI_LINT ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 GOVULNCHECK   ?= $(GO) run golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
 
-# VULNDB points govulncheck at another vulnerability database, e.g. an offline
-# mirror: make vuln VULNDB=file:///srv/vulndb. Empty means govulncheck's default.
+# VULNDB is the vulnerability database govulncheck reads. Empty (the default) means a
+# local copy that .ci/vulndb builds from the pinned golang.org/x/vulndb module, which
+# needs only the Go module proxy (vuln.go.dev is not reachable from every machine);
+# VULNDB=https://vuln.go.dev reads the live database, VULNDB=file:///srv/vulndb a mirror.
 VULNDB ?=
 
 BIN      ?= bin
@@ -83,8 +92,10 @@ lint-fix: ## Apply golangci-lint's automatic fixes (formatting, modernize, missp
 	$(GOLANGCI_LINT) run --fix $(PKGS)
 
 .PHONY: vuln
-vuln: ## Check dependencies and code for known vulnerabilities (govulncheck, pinned)
-	$(GOVULNCHECK) $(if $(VULNDB),-db $(VULNDB)) $(PKGS)
+vuln: ## Check dependencies and code for known vulnerabilities (govulncheck, pinned; offline database by default)
+	@db='$(VULNDB)'; if [ -z "$$db" ]; then db="$$(./.ci/vulndb)"; fi; \
+	echo "govulncheck $(GOVULNCHECK_VERSION) with $$(go version | cut -d' ' -f3), database $$db"; \
+	$(GOVULNCHECK) -db "$$db" $(PKGS)
 
 .PHONY: fmt
 fmt: ## Format all Go source in place (gofmt -s)
