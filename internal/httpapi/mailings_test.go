@@ -27,36 +27,36 @@ type mailBundle struct {
 	srv *smtptest.Server
 }
 
-func setupMail(t testing.TB, mailings bool) *mailBundle {
-	t.Helper()
+func setupMail(tb testing.TB, mailings bool) *mailBundle {
+	tb.Helper()
 	srv, err := smtptest.Start(smtptest.Options{Rcpt: smtptest.PerRecipient(map[string][]*smtptest.Reply{
 		"gone@mailto.plus": {{Code: 550, Enhanced: [3]int{5, 1, 1}, Message: "no such mailbox"}},
 	})})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { _ = srv.Close() })
+	tb.Cleanup(func() { _ = srv.Close() })
 	sender, err := email.NewSender(email.Config{Servers: []email.ServerConfig{{Addr: srv.Addr(), TLS: email.TLSNone, Timeout: 5 * time.Second}}})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { _ = sender.Close() })
+	tb.Cleanup(func() { _ = sender.Close() })
 	hc := handlers.EmailConfig{Sender: sender, From: "Mailsender <mailsender@herald.example>"}
 	h, err := handlers.Email(hc)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	client, err := herald.New(herald.Config{DataDir: t.TempDir(), PollInterval: 10 * time.Millisecond})
+	client, err := herald.New(herald.Config{DataDir: tb.TempDir(), PollInterval: 10 * time.Millisecond})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := client.Register("mail", h, herald.KindConfig{}); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := client.Start(context.Background()); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = client.Stop(ctx)
