@@ -333,3 +333,69 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// chattr sets or clears the immutable flag of files with chattr(1), or
+// skips the test when this process may not (not root, or a file system
+// without the flag).
+func chattr(t *testing.T, flag string, paths ...string) {
+	t.Helper()
+	out, err := exec.CommandContext(t.Context(), "chattr", append([]string{flag}, paths...)...).CombinedOutput() //nolint:gosec // fixed flag, test paths
+	if err != nil {
+		t.Skipf("chattr %s is not available here (needs root and ext4 or similar): %v: %s", flag, err, out)
+	}
+}
+
+// Database files turned read-only under a running server (the immutable
+// flag refuses writes even through descriptors already open, even for
+// root): enqueue answers 503 store_unavailable, stores nothing, and works
+// again once the files are writable, without a restart.
+func TestStoreFaultReadOnlyFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := startServer(t, dir, storeFaultConfig)
+	acked := 0
+	for range 5 {
+		if code, errCode := enqueueOnce(t, s, 100); code != http.StatusCreated {
+			t.Fatalf("before the fault: %d %s", code, errCode)
+		}
+		acked++
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "herald.db*"))
+	if err != nil || len(files) < 2 {
+		t.Fatalf("database files in %s: %v %v", dir, files, err)
+	}
+	chattr(t, "+i", files...)
+	cleared := false
+	clear := func() {
+		if !cleared {
+			cleared = true
+			if out, err := exec.CommandContext(context.Background(), "chattr", append([]string{"-i"}, files...)...).CombinedOutput(); err != nil { //nolint:gosec // fixed flag, test paths
+				t.Errorf("chattr -i: %v: %s", err, out)
+			}
+		}
+	}
+	t.Cleanup(clear) // before TempDir's removal, which the flag would refuse
+	refused := 0
+	for range 5 {
+		code, errCode := enqueueOnce(t, s, 100)
+		switch {
+		case code == http.StatusCreated:
+			acked++ // a write the WAL took before the flag (cannot happen, but must be counted)
+		case code == http.StatusServiceUnavailable && errCode == "store_unavailable":
+			refused++
+		default:
+			t.Fatalf("read-only files: %d %s, want 503 store_unavailable", code, errCode)
+		}
+	}
+	if refused == 0 {
+		t.Fatal("5 enqueues to read-only database files were all acknowledged")
+	}
+	clear()
+	acked += waitRecovered(t, s, 15*time.Second)
+	if n := storedJobs(t, s); n != int64(acked) {
+		t.Errorf("%d jobs stored, %d acknowledged: a refused enqueue was half-written or an acked one lost", n, acked)
+	}
+	if err := s.stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+}
