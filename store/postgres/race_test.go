@@ -1,0 +1,160 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/heraldmq/herald/store"
+	"github.com/heraldmq/herald/store/postgres"
+	"github.com/heraldmq/herald/store/postgres/pgtest"
+)
+
+// Newcomers whose due time is earlier than their line's waiting head
+// (a node whose clock, read before the key's lock, is behind) take the
+// head's place while other nodes claim and complete: a claim whose
+// snapshot predates a newcomer's commit must not mark the line running
+// without taking its head, and no job may be left behind its line. After
+// the workers stop nothing is running, so every line must be ready, and
+// a drain must complete every job.
+func TestEarlierNewcomersRaceClaims(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	nodes := []*postgres.Store{openURL(t, u), openURL(t, u), openURL(t, u)}
+	const keys = 4
+	var (
+		wg       sync.WaitGroup
+		inserted atomic.Int64
+		stop     atomic.Bool
+		errs     = make(chan error, 16)
+		tick     atomic.Int64
+		base     = time.Now()
+	)
+	// Each insert is due a little earlier than every insert before it.
+	earlier := func() time.Time { return base.Add(-time.Duration(tick.Add(1)) * time.Microsecond * 10) }
+	deadline := time.Now().Add(4 * time.Second)
+	for n := range 2 {
+		s := nodes[n]
+		wg.Go(func() {
+			for i := 0; time.Now().Before(deadline); i++ {
+				ps := []store.InsertParams{{Kind: "k", Key: fmt.Sprintf("key-%d", i%keys), Payload: []byte(`{}`), MaxAttempts: 3}}
+				if _, err := s.InsertMany(t.Context(), store.InsertManyParams{Now: earlier(), Jobs: ps}); err != nil {
+					errs <- fmt.Errorf("insert: %w", err)
+					return
+				}
+				inserted.Add(1)
+			}
+		})
+	}
+	for n := range 4 {
+		s := nodes[n%len(nodes)]
+		owner := fmt.Sprintf("claimer-%d", n)
+		wg.Go(func() {
+			for !stop.Load() {
+				now := time.Now()
+				jobs, err := s.Claim(t.Context(), store.ClaimParams{Now: now, Owner: owner, LeaseUntil: now.Add(time.Hour),
+					Limits: []store.KindLimit{{Kind: "k", Max: keys}}, Max: keys})
+				if err != nil {
+					errs <- fmt.Errorf("claim: %w", err)
+					return
+				}
+				fs := make([]store.FinishParams, len(jobs))
+				for i, j := range jobs {
+					fs[i] = store.FinishParams{ID: j.ID, Owner: owner, LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+				}
+				if len(fs) > 0 {
+					if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
+						errs <- fmt.Errorf("finish: %w", err)
+						return
+					}
+				}
+			}
+		})
+	}
+	time.Sleep(time.Until(deadline))
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	checkLines(t, nodes[0].Schema())
+	// Drain: every job must run.
+	for spins := 0; ; spins++ {
+		if spins > 10000 {
+			t.Fatal("could not drain the store")
+		}
+		now := time.Now()
+		jobs, err := nodes[0].Claim(t.Context(), store.ClaimParams{Now: now, Owner: "drain", LeaseUntil: now.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: "k", Max: 100}}, Max: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) == 0 {
+			break
+		}
+		fs := make([]store.FinishParams, len(jobs))
+		for i, j := range jobs {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "drain", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		if _, err := nodes[0].FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := nodes[1].Stats(t.Context(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := st.ByKindState["k"][store.StateCompleted], inserted.Load(); got != want || len(st.ByKindState["k"]) != 1 {
+		t.Errorf("after the drain, jobs by state %v; want all %d completed", st.ByKindState["k"], want)
+	}
+	t.Logf("%d jobs", inserted.Load())
+}
+
+// checkLines fails t for every line of schema that is marked
+// running although its head is not, and for every job still in line
+// that stands ahead of its line's head (no advance would reach it). Call
+// it when no job is running.
+func checkLines(t *testing.T, schema string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	if _, err := conn.Exec(ctx, `SET search_path = `+pgx.Identifier{schema}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, `SELECT l.key, l.head_id, l.blocked, j.state FROM lines l JOIN jobs j ON j.id = l.head_id
+		WHERE (l.blocked = 2) <> (j.state = 2)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		key            string
+		head           int64
+		blocked, state int16
+	)
+	_, err = pgx.ForEachRow(rows, []any{&key, &head, &blocked, &state}, func() error {
+		t.Errorf("line %s: head %d has state %d but the line says blocked %d", key, head, state, blocked)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var behind int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM jobs j JOIN lines l ON l.key = j.key
+		WHERE j.key <> '' AND j.state < 4 AND (j.due_at, j.id) < (l.due_at, l.head_id)`).Scan(&behind); err != nil {
+		t.Fatal(err)
+	}
+	if behind > 0 {
+		t.Errorf("%d jobs stand ahead of their line's head", behind)
+	}
+}
