@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -157,4 +158,113 @@ func checkLines(t *testing.T, schema string) {
 	if behind > 0 {
 		t.Errorf("%d jobs stand ahead of their line's head", behind)
 	}
+}
+
+// Nodes run exchanges as engines do: each inserts a few jobs (due at a
+// time read a little before, as a node reads its clock before waiting for
+// the keys' locks), records the outcomes of its previous claim
+// (completed, retried or released) and claims again, all in one batch.
+// When they stop and their last claims are finished, every line must be
+// consistent and a drain must complete every job.
+func TestMixedExchangesKeepLines(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	nodes := []*postgres.Store{openURL(t, u), openURL(t, u), openURL(t, u)}
+	const keys = 6
+	var (
+		wg       sync.WaitGroup
+		inserted atomic.Int64
+		errs     = make(chan error, 16)
+	)
+	deadline := time.Now().Add(4 * time.Second)
+	for n := range 6 {
+		s := nodes[n%len(nodes)]
+		owner := fmt.Sprintf("node-%d", n)
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(n), 7))
+			var held []*store.Job
+			finishes := func(final bool) []store.FinishParams {
+				fs := make([]store.FinishParams, len(held))
+				for i, j := range held {
+					fs[i] = store.FinishParams{ID: j.ID, Owner: owner, LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+					switch x := r.IntN(20); {
+					case final:
+					case x < 3 && j.Attempt < 3:
+						fs[i].Outcome, fs[i].Error, fs[i].RetryAt = store.OutcomeRetry, "x", time.Now().Add(time.Millisecond)
+					case x == 3:
+						fs[i].Outcome = store.OutcomeRelease
+					}
+				}
+				return fs
+			}
+			for time.Now().Before(deadline) {
+				now := time.Now().Add(-time.Duration(r.IntN(5000)) * time.Microsecond)
+				ps := make([]store.InsertParams, r.IntN(3))
+				for i := range ps {
+					ps[i] = store.InsertParams{Kind: "k", Key: fmt.Sprintf("key-%d", r.IntN(keys)), Payload: []byte(`{}`), MaxAttempts: 5}
+				}
+				claimAt := time.Now()
+				res, err := s.Exchange(t.Context(), store.ExchangeParams{Now: now, Inserts: ps, Finishes: finishes(false),
+					Claim: &store.ClaimParams{Now: claimAt, Owner: owner, LeaseUntil: claimAt.Add(time.Hour),
+						Limits: []store.KindLimit{{Kind: "k", Max: 3}}, Max: 3}})
+				if err != nil {
+					errs <- fmt.Errorf("%s: exchange: %w", owner, err)
+					return
+				}
+				inserted.Add(int64(len(ps)))
+				held = res.Claimed
+			}
+			if len(held) > 0 {
+				if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: finishes(true)}); err != nil {
+					errs <- fmt.Errorf("%s: finish: %w", owner, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	checkLines(t, nodes[0].Schema())
+	drain(t, nodes[0], inserted.Load())
+}
+
+// drain claims and completes jobs of kind k until none is ready (retries
+// are due within milliseconds), then wants all want jobs completed.
+func drain(t *testing.T, s *postgres.Store, want int64) {
+	t.Helper()
+	idle := 0
+	for spins := 0; idle < 20; spins++ {
+		if spins > 10000 {
+			t.Fatal("could not drain the store")
+		}
+		now := time.Now()
+		jobs, err := s.Claim(t.Context(), store.ClaimParams{Now: now, Owner: "drain", LeaseUntil: now.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: "k", Max: 100}}, Max: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) == 0 {
+			idle++
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		idle = 0
+		fs := make([]store.FinishParams, len(jobs))
+		for i, j := range jobs {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "drain", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := s.Stats(t.Context(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.ByKindState["k"][store.StateCompleted]; got != want || len(st.ByKindState["k"]) != 1 {
+		t.Errorf("after the drain, jobs by state %v; want all %d completed", st.ByKindState["k"], want)
+	}
+	t.Logf("%d jobs", want)
 }
