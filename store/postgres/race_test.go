@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -39,6 +40,7 @@ func TestEarlierNewcomersRaceClaims(t *testing.T) {
 	// Each insert is due a little earlier than every insert before it.
 	earlier := func() time.Time { return base.Add(-time.Duration(tick.Add(1)) * time.Microsecond * 10) }
 	deadline := time.Now().Add(4 * time.Second)
+	wg.Go(func() { repairWhile(t, nodes[2], deadline, errs) })
 	for n := range 2 {
 		s := nodes[n]
 		wg.Go(func() {
@@ -69,7 +71,11 @@ func TestEarlierNewcomersRaceClaims(t *testing.T) {
 					fs[i] = store.FinishParams{ID: j.ID, Owner: owner, LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
 				}
 				if len(fs) > 0 {
-					if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
+					res, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs})
+					if err == nil {
+						err = noneFenced(res)
+					}
+					if err != nil {
 						errs <- fmt.Errorf("finish: %w", err)
 						return
 					}
@@ -177,11 +183,12 @@ func TestMixedExchangesKeepLines(t *testing.T) {
 		errs     = make(chan error, 16)
 	)
 	deadline := time.Now().Add(4 * time.Second)
+	wg.Go(func() { repairWhile(t, nodes[2], deadline, errs) })
 	for n := range 6 {
 		s := nodes[n%len(nodes)]
 		owner := fmt.Sprintf("node-%d", n)
 		wg.Go(func() {
-			r := rand.New(rand.NewPCG(uint64(n), 7))
+			r := rand.New(rand.NewPCG(rand.Uint64(), 7))
 			var held []*store.Job
 			finishes := func(final bool) []store.FinishParams {
 				fs := make([]store.FinishParams, len(held))
@@ -212,10 +219,18 @@ func TestMixedExchangesKeepLines(t *testing.T) {
 					return
 				}
 				inserted.Add(int64(len(ps)))
+				if err := noneFenced(res.Finished); err != nil {
+					errs <- fmt.Errorf("%s: %w", owner, err)
+					return
+				}
 				held = res.Claimed
 			}
 			if len(held) > 0 {
-				if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: finishes(true)}); err != nil {
+				res, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: finishes(true)})
+				if err == nil {
+					err = noneFenced(res)
+				}
+				if err != nil {
 					errs <- fmt.Errorf("%s: finish: %w", owner, err)
 				}
 			}
@@ -267,4 +282,38 @@ func drain(t *testing.T, s *postgres.Store, want int64) {
 		t.Errorf("after the drain, jobs by state %v; want all %d completed", st.ByKindState["k"], want)
 	}
 	t.Logf("%d jobs", want)
+}
+
+// repairWhile runs RepairLines until deadline while other nodes write:
+// the writers keep the lines' invariants, so it must find nothing to
+// repair (no false alarms from changes it sees half-way).
+func repairWhile(t *testing.T, s *postgres.Store, deadline time.Time, errs chan<- error) {
+	t.Helper()
+	runs := 0
+	for ; time.Now().Before(deadline); runs++ {
+		rep, err := s.RepairLines(t.Context())
+		if err != nil {
+			errs <- fmt.Errorf("repair: %w", err)
+			return
+		}
+		if rep.Total() != 0 {
+			errs <- fmt.Errorf("repair under load changed lines: %+v", rep)
+			return
+		}
+	}
+	if runs == 0 {
+		errs <- errors.New("repair never ran")
+	}
+}
+
+// noneFenced reports a finish that was fenced off. Leases here outlast the
+// test and nothing rescues, so a fenced finish means another claim took
+// the job while it was held: a line left ready while its head ran.
+func noneFenced(res []store.FinishResult) error {
+	for _, r := range res {
+		if r.Fenced {
+			return fmt.Errorf("finish of job %d fenced: the job was claimed again while held", r.ID)
+		}
+	}
+	return nil
 }

@@ -170,7 +170,10 @@ SELECT id FROM done`
 // but its new head, inserted after this statement's snapshot, is
 // invisible to the update of jobs. Marking the line anyway left it
 // running with nobody running its head, holding the key for ever; now
-// the line stays ready and the next claim takes its head.
+// the line stays ready and the next claim takes its head. The line is
+// matched by key only: the update reads the row as of the snapshot, and
+// a head_id test there would miss a line whose head moved since (to a job
+// the snapshot does see), leaving it ready while its head runs.
 const claimSQL = `WITH k AS (
 	SELECT * FROM unnest($2::text[], $3::int4[]) WITH ORDINALITY AS k(kind, n, ord) WHERE n > 0
 ), cand AS (
@@ -199,7 +202,7 @@ const claimSQL = `WITH k AS (
 	FROM pick p WHERE j.id = p.id
 	RETURNING ` + jobColumns + `
 ), marked AS (
-	UPDATE _s.lines l SET blocked = 2 FROM claimed c WHERE c.key <> '' AND l.key = c.key AND l.head_id = c.id
+	UPDATE _s.lines l SET blocked = 2 FROM claimed c WHERE c.key <> '' AND l.key = c.key
 )
 SELECT *, true FROM claimed`
 
