@@ -249,9 +249,12 @@ func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []fi
 		}
 		return nil, err
 	}
+	// The failed cycle may have waited long (a database restart): take
+	// the time anew, so a job's due time is not older than its answer.
+	now = e.clk.Now()
 	for _, r := range inserts {
 		res, err := e.drv.InsertMany(context.Background(), store.InsertManyParams{
-			Jobs: r.jobs, Now: now, IdempotencySince: p.IdempotencySince})
+			Jobs: r.jobs, Now: now, IdempotencySince: now.Add(-e.idempotencyWindow())})
 		e.acknowledge(r, res, err)
 	}
 	return nil, err
