@@ -256,12 +256,44 @@ func TestPostgresNodesSurviveKillAndStall(t *testing.T) {
 	if rep.NumOrderViolations != 0 || rep.NumOverlaps != 0 || rep.Lost != 0 {
 		t.Errorf("%d lost, %d order violations, %d overlaps; want none", rep.Lost, rep.NumOrderViolations, rep.NumOverlaps)
 	}
-	if ids := rcv.duplicatesNotBy("0", "1"); len(ids) > 0 {
-		t.Errorf("%d jobs delivered twice without the killed or stalled node taking part, e.g. %v", len(ids), ids[:min(len(ids), 5)])
-	}
 	for i, s := range nodes[1:] {
 		if err := s.stop(syscall.SIGTERM, 40*time.Second); err != nil {
 			t.Errorf("node %d exit after SIGTERM: %v\n%s", i+1, err, s.logs.String())
 		}
 	}
+	// A duplicate needs a node that lost a lease: the killed or stalled one,
+	// or one the machine starved past its 2 s lease (a loaded, race-enabled
+	// CI run), which says so in its log. Read after the processes exited.
+	lostLease := leaseLostJobs(nodes[2].logs.String())
+	var unexplained []int64
+	for _, id := range rcv.duplicatesNotBy("0", "1") {
+		if !lostLease[id] {
+			unexplained = append(unexplained, id)
+		}
+	}
+	if len(unexplained) > 0 {
+		t.Errorf("%d jobs delivered twice without the killed or stalled node taking part, and without a lost lease in node 2's log, e.g. %v",
+			len(unexplained), unexplained[:min(len(unexplained), 5)])
+	}
+	if len(lostLease) > 0 {
+		t.Logf("node 2 lost the lease of %d jobs (starved past the lease)", len(lostLease))
+	}
+}
+
+// leaseLostJobs returns the ids of jobs a node's JSON log says it lost the
+// lease of (an outcome fenced off, or a job handed back unstarted).
+func leaseLostJobs(log string) map[int64]bool {
+	ids := map[int64]bool{}
+	for line := range strings.Lines(log) {
+		if !strings.Contains(line, "lease lost") && !strings.Contains(line, "lease ended") {
+			continue
+		}
+		var rec struct {
+			JobID int64 `json:"job_id"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.JobID != 0 {
+			ids[rec.JobID] = true
+		}
+	}
+	return ids
 }
