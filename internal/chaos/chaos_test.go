@@ -96,32 +96,12 @@ func TestChaosSQLite(t *testing.T) {
 	}
 }
 
-// postgresDriverPresent reports whether this module has the PostgreSQL
-// store. The multi-node test needs it; until it exists the test skips,
-// and only then.
-func postgresDriverPresent(t *testing.T) bool {
-	t.Helper()
-	out, err := exec.CommandContext(t.Context(), "go", "list", "github.com/heraldmq/herald/store/postgres").CombinedOutput()
-	if err == nil {
-		return true
-	}
-	if strings.Contains(string(out), "is not in std") || strings.Contains(string(out), "cannot find") ||
-		strings.Contains(string(out), "no required module provides") || strings.Contains(string(out), "does not contain package") {
-		return false
-	}
-	t.Fatalf("go list store/postgres: %v: %s", err, out)
-	return false
-}
-
 // TestChaosPostgresMultiNode runs three nodes on a private PostgreSQL with
 // short leases: kill -9, SIGTERM, SIGSTOP beyond the lease, sink restarts
 // and PostgreSQL crash-restarts.
 func TestChaosPostgresMultiNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the multi-node chaos run takes about a minute")
-	}
-	if !postgresDriverPresent(t) {
-		t.Skip("package store/postgres does not exist yet: herald serve cannot take a postgres:// store; this test runs as soon as it does")
 	}
 	if _, err := chaos.PostgresBin(); err != nil {
 		if os.Getenv("HERALD_REQUIRE_SERVICES") == "1" {
