@@ -366,7 +366,7 @@ func TestStoreFaultReadOnlyFiles(t *testing.T) {
 	}
 	chattr(t, "+i", files...)
 	cleared := false
-	clear := func() {
+	makeWritable := func() {
 		if !cleared {
 			cleared = true
 			if out, err := exec.CommandContext(context.Background(), "chattr", append([]string{"-i"}, files...)...).CombinedOutput(); err != nil { //nolint:gosec // fixed flag, test paths
@@ -374,7 +374,7 @@ func TestStoreFaultReadOnlyFiles(t *testing.T) {
 			}
 		}
 	}
-	t.Cleanup(clear) // before TempDir's removal, which the flag would refuse
+	t.Cleanup(makeWritable) // before TempDir's removal, which the flag would refuse
 	refused := 0
 	for range 5 {
 		code, errCode := enqueueOnce(t, s, 100)
@@ -390,7 +390,7 @@ func TestStoreFaultReadOnlyFiles(t *testing.T) {
 	if refused == 0 {
 		t.Fatal("5 enqueues to read-only database files were all acknowledged")
 	}
-	clear()
+	makeWritable()
 	acked += waitRecovered(t, s, 15*time.Second)
 	if n := storedJobs(t, s); n != int64(acked) {
 		t.Errorf("%d jobs stored, %d acknowledged: a refused enqueue was half-written or an acked one lost", n, acked)
