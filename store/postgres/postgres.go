@@ -29,7 +29,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -84,9 +83,6 @@ type Store struct {
 	lockSeed int64
 	channel  string // NOTIFY channel, per schema
 	sql      statements
-
-	repairMu   sync.Mutex
-	lastRepair time.Time // RepairLines' last run from Rescue
 }
 
 var (
