@@ -264,6 +264,15 @@ func TestPostgresNodesSurviveKillAndStall(t *testing.T) {
 	// A duplicate needs a node that lost a lease: the killed or stalled one,
 	// or one the machine starved past its 2 s lease (a loaded, race-enabled
 	// CI run), which says so in its log. Read after the processes exited.
+	if t.Failed() {
+		for i, n := range nodes[1:] {
+			for line := range strings.Lines(n.logs.String()) {
+				if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+					t.Logf("node %d: %s", i+1, strings.TrimSpace(line))
+				}
+			}
+		}
+	}
 	lostLease := leaseLostJobs(nodes[2].logs.String())
 	var unexplained []int64
 	for _, id := range rcv.duplicatesNotBy("0", "1") {
