@@ -95,6 +95,54 @@ func waitRecovered(t *testing.T, s *server, limit time.Duration) (acked int) {
 	}
 }
 
+// enqueueUnderFault posts n jobs of payloadBytes while a fault holds and
+// returns how many were acknowledged (the fault may not bite at once); the
+// rest must be refused with 503 store_unavailable, and at least one must.
+func enqueueUnderFault(t *testing.T, s *server, fault string, n, payloadBytes int) (acked int) {
+	t.Helper()
+	refused := 0
+	for range n {
+		code, errCode := enqueueOnce(t, s, payloadBytes)
+		switch {
+		case code == http.StatusCreated:
+			acked++
+		case code == http.StatusServiceUnavailable && errCode == "store_unavailable":
+			refused++
+		default:
+			t.Fatalf("%s: %d %s, want 503 store_unavailable", fault, code, errCode)
+		}
+	}
+	if refused == 0 {
+		t.Fatalf("%s: %d enqueues were all acknowledged", fault, n)
+	}
+	return acked
+}
+
+// enqueueHealthy posts n small jobs that must all be acknowledged.
+func enqueueHealthy(t *testing.T, s *server, n int) int {
+	t.Helper()
+	for range n {
+		if code, errCode := enqueueOnce(t, s, 100); code != http.StatusCreated {
+			t.Fatalf("before the fault: %d %s", code, errCode)
+		}
+	}
+	return n
+}
+
+// recoverAndStop waits until enqueue works again, checks that the server
+// stores exactly the acknowledged jobs (nothing refused half-written,
+// nothing acknowledged lost) and stops it.
+func recoverAndStop(t *testing.T, s *server, acked int, limit time.Duration) {
+	t.Helper()
+	acked += waitRecovered(t, s, limit)
+	if n := storedJobs(t, s); n != int64(acked) {
+		t.Errorf("%d jobs stored, %d acknowledged: a refused enqueue was half-written or an acked one lost", n, acked)
+	}
+	if err := s.stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+}
+
 // mountTmpfs mounts a tmpfs of size bytes at dir, or skips the test when
 // this process may not mount (not root, or no CAP_SYS_ADMIN).
 func mountTmpfs(t *testing.T, dir string, size int) {
@@ -144,39 +192,13 @@ func TestStoreFaultDiskFull(t *testing.T) {
 	dir := t.TempDir()
 	mountTmpfs(t, dir, 8<<20)
 	s := startServer(t, dir, storeFaultConfig)
-	acked := 0
-	for range 5 {
-		if code, errCode := enqueueOnce(t, s, 100); code != http.StatusCreated {
-			t.Fatalf("before the fault: %d %s", code, errCode)
-		}
-		acked++
-	}
+	acked := enqueueHealthy(t, s, 5)
 	filler := fill(t, dir)
-	refused := 0
-	for range 8 {
-		code, errCode := enqueueOnce(t, s, 64<<10)
-		switch {
-		case code == http.StatusCreated:
-			acked++ // the WAL may still have had room
-		case code == http.StatusServiceUnavailable && errCode == "store_unavailable":
-			refused++
-		default:
-			t.Fatalf("disk full: %d %s, want 503 store_unavailable", code, errCode)
-		}
-	}
-	if refused == 0 {
-		t.Fatal("8 enqueues of 64 KiB on a full disk were all acknowledged")
-	}
+	acked += enqueueUnderFault(t, s, "disk full", 8, 64<<10) // the WAL may still have had room
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	acked += waitRecovered(t, s, 10*time.Second)
-	if n := storedJobs(t, s); n != int64(acked) {
-		t.Errorf("%d jobs stored, %d acknowledged: a refused enqueue was half-written or an acked one lost", n, acked)
-	}
-	if err := s.stop(syscall.SIGTERM, 20*time.Second); err != nil {
-		t.Errorf("stop: %v", err)
-	}
+	recoverAndStop(t, s, acked, 10*time.Second)
 }
 
 // Another process holding an exclusive lock on the database: enqueue
@@ -204,13 +226,7 @@ func TestStoreFaultLocked(t *testing.T) {
 	}
 	t.Logf("locked database: enqueue answered %d %s after %s", code, errCode, took.Round(time.Millisecond))
 	unlock()
-	acked += waitRecovered(t, s, 15*time.Second)
-	if n := storedJobs(t, s); n != int64(acked) {
-		t.Errorf("%d jobs stored, %d acknowledged", n, acked)
-	}
-	if err := s.stop(syscall.SIGTERM, 20*time.Second); err != nil {
-		t.Errorf("stop: %v", err)
-	}
+	recoverAndStop(t, s, acked, 15*time.Second)
 }
 
 // A database on a read-only file system: a running server keeps its file
@@ -353,13 +369,7 @@ func TestStoreFaultReadOnlyFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := startServer(t, dir, storeFaultConfig)
-	acked := 0
-	for range 5 {
-		if code, errCode := enqueueOnce(t, s, 100); code != http.StatusCreated {
-			t.Fatalf("before the fault: %d %s", code, errCode)
-		}
-		acked++
-	}
+	acked := enqueueHealthy(t, s, 5)
 	files, err := filepath.Glob(filepath.Join(dir, "herald.db*"))
 	if err != nil || len(files) < 2 {
 		t.Fatalf("database files in %s: %v %v", dir, files, err)
@@ -375,27 +385,7 @@ func TestStoreFaultReadOnlyFiles(t *testing.T) {
 		}
 	}
 	t.Cleanup(makeWritable) // before TempDir's removal, which the flag would refuse
-	refused := 0
-	for range 5 {
-		code, errCode := enqueueOnce(t, s, 100)
-		switch {
-		case code == http.StatusCreated:
-			acked++ // a write the WAL took before the flag (cannot happen, but must be counted)
-		case code == http.StatusServiceUnavailable && errCode == "store_unavailable":
-			refused++
-		default:
-			t.Fatalf("read-only files: %d %s, want 503 store_unavailable", code, errCode)
-		}
-	}
-	if refused == 0 {
-		t.Fatal("5 enqueues to read-only database files were all acknowledged")
-	}
+	acked += enqueueUnderFault(t, s, "read-only files", 5, 100)
 	makeWritable()
-	acked += waitRecovered(t, s, 15*time.Second)
-	if n := storedJobs(t, s); n != int64(acked) {
-		t.Errorf("%d jobs stored, %d acknowledged: a refused enqueue was half-written or an acked one lost", n, acked)
-	}
-	if err := s.stop(syscall.SIGTERM, 20*time.Second); err != nil {
-		t.Errorf("stop: %v", err)
-	}
+	recoverAndStop(t, s, acked, 15*time.Second)
 }
