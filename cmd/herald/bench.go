@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"runtime/pprof"
@@ -31,9 +32,17 @@ output is one JSON object with the scenario's results.`,
 	cmd.PersistentFlags().IntVar(&opts.Nodes, "nodes", 1, "engines sharing the store, each with its own connections (PostgreSQL only)")
 	cmd.PersistentFlags().IntVar(&opts.Workers, "workers", 0, "global worker slots (0: scenario default)")
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print the result as one JSON object on the last line")
-	var cpuProfile string
+	var cpuProfile, logLevel string
+	cmd.PersistentFlags().StringVar(&logLevel, "log-level", "", "log the engine to stderr at this level (debug shows every store cycle); empty: no engine log")
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the run to this file")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if logLevel != "" {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			opts.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+		}
 		if cpuProfile == "" {
 			return nil
 		}

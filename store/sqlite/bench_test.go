@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -91,5 +92,70 @@ func BenchmarkExchangeCycle(b *testing.B) {
 		}
 		done += n
 		running = res.Claimed
+	}
+}
+
+// BenchmarkDrainRandomKeys is the completion path alone, as in `herald bench
+// throughput` once enqueueing is done: 200,000 jobs over 1,000 random keys
+// are stored first, then each cycle completes up to 500 running jobs (the
+// previous cycle's claims and hand-offs) and claims again. Random keys
+// spread the lines' heads over a wide window of job ids, so completions
+// touch many pages. ns/op is per completed job.
+func BenchmarkDrainRandomKeys(b *testing.B) {
+	b.Run("memo", func(b *testing.B) { drainRandomKeys(b, Options{}) })
+	b.Run("no-memo", func(b *testing.B) { drainRandomKeys(b, Options{LineMemoMiB: -1}) })
+}
+
+func drainRandomKeys(b *testing.B, opts Options) {
+	b.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, b.TempDir()+"/herald.db", opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := s.Close(); err != nil {
+			b.Error(err)
+		}
+	}()
+	const (
+		total = 200_000
+		keys  = 1000
+		slots = 500
+	)
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Now()
+	for n := 0; n < total; n += 1000 {
+		jobs := make([]store.InsertParams, 1000)
+		for i := range jobs {
+			jobs[i] = store.InsertParams{Kind: "k", Key: fmt.Sprintf("acct-%d", rng.IntN(keys)), Payload: json.RawMessage(`{"n":1}`), MaxAttempts: 3}
+		}
+		if _, err := s.InsertMany(ctx, store.InsertManyParams{Jobs: jobs, Now: now}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	claim := func(now time.Time, n int) *store.ClaimParams {
+		return &store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Hour),
+			Limits: []store.KindLimit{{Kind: "k", Max: n}}, Max: n}
+	}
+	running, err := s.Claim(ctx, *claim(now, slots))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for done := 0; done < b.N && done < total; {
+		fs := make([]store.FinishParams, len(running))
+		for i, j := range running {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		done += len(fs)
+		res, err := s.Exchange(ctx, store.ExchangeParams{Now: time.Now(), Finishes: fs, Claim: claim(now, len(fs))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		running = res.Claimed
+		if len(running) == 0 {
+			b.Fatalf("nothing claimed after %d completions", done)
+		}
 	}
 }

@@ -11,9 +11,20 @@ import (
 
 func TestConformance(t *testing.T) {
 	t.Parallel()
+	conformance(t, sqlite.Options{})
+}
+
+// Without the line memo every line is read from the database.
+func TestConformanceWithoutLineMemo(t *testing.T) {
+	t.Parallel()
+	conformance(t, sqlite.Options{LineMemoMiB: -1})
+}
+
+func conformance(t *testing.T, opts sqlite.Options) {
+	t.Helper()
 	storetest.Exercise(t, func(t *testing.T) store.Driver {
 		t.Helper()
-		s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "herald.db"), sqlite.Options{})
+		s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "herald.db"), opts)
 		if err != nil {
 			t.Fatalf("sqlite.Open: %v", err)
 		}

@@ -68,7 +68,7 @@ var insertRowsSQLs = func() map[int]string {
 
 // hotStatements are prepared once at Open.
 var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
-	markRunningSQL, nextInLinesSQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
+	markRunningSQL, nextSameDue1SQL, nextLater1SQL, nextSameDueNSQL, nextLaterNSQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
 	func() []string {
 		var qs []string
 		for _, n := range insertChunks {
@@ -102,7 +102,7 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		res  *store.ExchangeResult
 		done []int64
 	)
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.inLineTx(ctx, func(tx *sql.Tx) error {
 		res = &store.ExchangeResult{}
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
 		defer w.close()
@@ -174,6 +174,9 @@ type lineWriter struct {
 	advance  []finishedHead
 	arrivals map[int64]*arrival // earliest newcomer per line
 	newHeads map[int64]bool     // arrivals that became their key's head
+	// arrived holds copies of the inserted jobs per line, for the memo
+	// (nil when it is disabled).
+	arrived map[int64][]*store.Job
 
 	// Hand-off: when a head finishes and the next job in its line may run
 	// now, it is claimed on the spot: no line write, no ready-index round
@@ -270,35 +273,28 @@ func (w *lineWriter) flush() error {
 // advanceLines moves each finished head's line to its next job, hands
 // that job off when it may run now, and drops lines with no job left.
 func (w *lineWriter) advanceLines() error {
-	var in jsonRows
-	for _, h := range w.advance {
-		in.row()
-		in.int(h.kh).int(h.dueUS).int(h.id)
-	}
-	st, err := w.stmt(nextInLinesSQL)
-	if err != nil {
-		return err
-	}
-	rows, err := st.QueryContext(w.ctx, in.String())
-	if err != nil {
-		return err
-	}
 	next := make([]*store.Job, len(w.advance))
-	for rows.Next() {
-		var i int
-		j, err := scanJob(prefixScanner{rows, []any{&i}}, w.now)
-		if err != nil {
-			rows.Close()
+	// Remembered lines know their next job; the others are read.
+	var heads []finishedHead
+	var asked []int // index in w.advance of each of heads
+	for i, h := range w.advance {
+		if j, ok := w.store.memo.pop(h.kh, h.dueUS, h.id); ok {
+			if j != nil {
+				j.Head = true
+				if j.State == store.StateScheduled && !j.RunAt.After(w.now) {
+					j.State = store.StateAvailable
+				}
+			}
+			next[i] = j
+			continue
+		}
+		heads = append(heads, h)
+		asked = append(asked, i)
+	}
+	if len(heads) > 0 {
+		if err := w.readNext(heads, asked, next); err != nil {
 			return err
 		}
-		if i < 0 || i >= len(next) {
-			rows.Close()
-			return fmt.Errorf("next in line: index %d out of range", i)
-		}
-		next[i] = j
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return err
 	}
 	var drops []int64
 	var moves jsonRows
@@ -328,13 +324,105 @@ func (w *lineWriter) advanceLines() error {
 	return nil
 }
 
+// readNext reads the job after each finished head of heads into
+// next[asked[i]], i being the head's index in heads, and lets the memo keep
+// the jobs read behind it.
+func (w *lineWriter) readNext(heads []finishedHead, asked []int, next []*store.Job) error {
+	// Read ahead only while the memo has room to keep what is read.
+	limit, sameDue, later := 1, nextSameDue1SQL, nextLater1SQL
+	if w.store.memo.roomFor(len(heads)*readAhead, 512) {
+		limit, sameDue, later = readAhead, nextSameDueNSQL, nextLaterNSQL
+	}
+	found := make([][]*store.Job, len(heads)) // up to limit per head, in line order
+	var in jsonRows
+	for _, h := range heads {
+		in.row()
+		in.int(h.kh).int(h.dueUS).int(h.id)
+	}
+	if err := w.readLines(sameDue, in.String(), found); err != nil {
+		return err
+	}
+	// Jobs due later follow, for the heads not yet served in full.
+	var laterIn jsonRows
+	var laterIdx []int
+	for i, h := range heads {
+		if len(found[i]) < limit {
+			laterIn.row()
+			laterIn.int(h.kh).int(h.dueUS)
+			laterIdx = append(laterIdx, i)
+		}
+	}
+	if len(laterIdx) > 0 {
+		more := make([][]*store.Job, len(laterIdx))
+		if err := w.readLines(later, laterIn.String(), more); err != nil {
+			return err
+		}
+		for k, i := range laterIdx {
+			found[i] = append(found[i], more[k]...)
+		}
+	}
+	for i, h := range heads {
+		jobs := found[i]
+		if len(jobs) == 0 {
+			continue // the line is empty: dropped by the caller
+		}
+		complete := len(jobs) < limit
+		jobs = jobs[:min(len(jobs), limit)]
+		next[asked[i]] = jobs[0]
+		rest := make([]*store.Job, 0, len(jobs)-1)
+		for _, j := range jobs[1:] {
+			rest = append(rest, memoCopy(j))
+		}
+		w.store.memo.fill(h.kh, jobs[0], rest, complete)
+	}
+	return nil
+}
+
+// readLines runs one of the next-in-line reads and sorts each line's rows
+// into found, in line order.
+func (w *lineWriter) readLines(q, in string, found [][]*store.Job) error {
+	st, err := w.stmt(q)
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(w.ctx, in)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var i int
+		j, err := scanJob(prefixScanner{rows, []any{&i}}, w.now)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		if i < 0 || i >= len(found) {
+			rows.Close()
+			return fmt.Errorf("next in line: index %d out of range", i)
+		}
+		found[i] = append(found[i], j)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return err
+	}
+	for _, jobs := range found {
+		slices.SortFunc(jobs, func(a, b *store.Job) int {
+			return cmpPlace(micros(a.DueAt), a.ID, micros(b.DueAt), b.ID)
+		})
+	}
+	return nil
+}
+
 // placeArrivals gives each newcomer's key a line, or the head of its line
 // when the newcomer is due before a head that has not run yet.
 func (w *lineWriter) placeArrivals() error {
+	memo := &w.store.memo
 	khs := make([]int64, 0, len(w.arrivals))
 	for kh := range w.arrivals {
 		if _, running := w.claims.runningOn(kh); !running { // a running head keeps its place
 			khs = append(khs, kh)
+		} else {
+			w.remember(kh, 0)
 		}
 	}
 	if len(khs) == 0 {
@@ -373,6 +461,10 @@ func (w *lineWriter) placeArrivals() error {
 			created.row()
 			created.int(kh).str(a.key).int(a.id).str(a.kind).int(a.runUS)
 			w.headed(a.id)
+			// The key had no pending job: its line holds this cycle's
+			// newcomers only, so the memo can know all of it.
+			memo.start(kh, a.dueUS, a.id)
+			w.remember(kh, a.id)
 			continue
 		}
 		_, running := w.claims.get(h.id)
@@ -381,7 +473,10 @@ func (w *lineWriter) placeArrivals() error {
 			moves.row()
 			moves.int(kh).int(a.id).str(a.kind).int(a.runUS)
 			w.headed(a.id)
+			memo.forget(kh) // the old head rejoins the queue; not followed
+			continue
 		}
+		w.remember(kh, 0)
 	}
 	if created.rows > 0 {
 		if err := w.exec(newLinesSQL, created.String()); err != nil {
@@ -469,6 +564,26 @@ func markClaimed(j *store.Job, now time.Time, owner string) {
 	j.LeaseOwner = owner
 }
 
+// remember queues this transaction's newcomers to line kh in the memo, if
+// it follows the line, except head (the id of a newcomer that became the
+// head, or 0).
+func (w *lineWriter) remember(kh, head int64) {
+	jobs := w.arrived[kh]
+	if !w.store.memo.tracked(kh) {
+		return
+	}
+	if jobs == nil {
+		// A newcomer the memo did not see (a retried job rejoining).
+		w.store.memo.forget(kh)
+		return
+	}
+	for _, j := range jobs {
+		if j.ID != head {
+			w.store.memo.add(kh, j)
+		}
+	}
+}
+
 func (w *lineWriter) headed(id int64) {
 	if w.newHeads == nil {
 		w.newHeads = map[int64]bool{}
@@ -490,7 +605,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 			if err := w.insertRows(&pending); err != nil {
 				return nil, err
 			}
-			existing, err := idempotent(w.ctx, w.tx, in.IdempotencyKey, p.IdempotencySince, now)
+			existing, err := w.idempotent(in.IdempotencyKey, p.IdempotencySince, now)
 			if err != nil {
 				return nil, err
 			}
@@ -525,9 +640,19 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	if err := w.insertRows(&pending); err != nil {
 		return nil, err
 	}
+	if w.store.memo.budget > 0 {
+		w.arrived = map[int64][]*store.Job{}
+		for _, r := range results {
+			if !r.Existing && r.Job.Key != "" {
+				kh := lineID(r.Job.Key)
+				w.arrived[kh] = append(w.arrived[kh], memoCopy(r.Job))
+			}
+		}
+	}
 	if err := w.flush(); err != nil {
 		return nil, err
 	}
+	w.arrived = nil
 	for _, r := range results {
 		if !r.Existing {
 			r.Job.Head = r.Job.Key == "" || w.newHeads[r.Job.ID]
@@ -554,8 +679,8 @@ func (w *lineWriter) insertRows(args *[]any) error {
 
 // idempotent returns the live job holding key, or nil. A job past the
 // window gives its key up so a new job can take it.
-func idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Time) (*store.Job, error) {
-	j, err := scanJob(tx.QueryRowContext(ctx, selectJob+` WHERE j.idempotency_key = ?`, key), now)
+func (w *lineWriter) idempotent(key string, since, now time.Time) (*store.Job, error) {
+	j, err := scanJob(w.tx.QueryRowContext(w.ctx, selectJob+` WHERE j.idempotency_key = ?`, key), now)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -565,7 +690,9 @@ func idempotent(ctx context.Context, tx *sql.Tx, key string, since, now time.Tim
 	if !j.CreatedAt.Before(since) {
 		return j, nil
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE herald_jobs SET idempotency_key = NULL WHERE id = ?`, j.ID)
+	// The memo's copy of a queued job would keep the key.
+	w.store.memo.forget(lineID(j.Key))
+	_, err = w.tx.ExecContext(w.ctx, `UPDATE herald_jobs SET idempotency_key = NULL WHERE id = ?`, j.ID)
 	return nil, err
 }
 

@@ -123,7 +123,7 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 	at := p.Now.UTC().Format(time.RFC3339Nano)
 	nowUS := micros(p.Now)
 	ids := make([]int64, 0, len(expired))
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.inLineTx(ctx, func(tx *sql.Tx) error {
 		for id, c := range expired {
 			msg := "interrupted: lease of " + c.owner + " expired (worker stalled)"
 			if _, err := tx.ExecContext(ctx, retrySQL, id, c.startedUS, nowUS, nowUS, msg, at); err != nil {
@@ -311,7 +311,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 	defer s.exchangeMu.Unlock()
 	nowUS := micros(now)
 	var out *store.Job
-	err := s.inTx(ctx, func(tx *sql.Tx) (err error) {
+	err := s.inLineTx(ctx, func(tx *sql.Tx) (err error) {
 		// Read the result inside the transaction: once it commits, the job
 		// may run, finish and be pruned before a later read.
 		defer func() {
@@ -347,6 +347,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 			return err
 		}
 		w.arrive(j.Key, id, dueUS, nowUS, j.Kind)
+		w.store.memo.forget(lineID(j.Key)) // not followed: read the line again
 		return w.flush()
 	})
 	if err != nil {
@@ -389,7 +390,7 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job
 	s.exchangeMu.Lock()
 	defer s.exchangeMu.Unlock()
 	var out *store.Job
-	err := s.inTx(ctx, func(tx *sql.Tx) (err error) {
+	err := s.inLineTx(ctx, func(tx *sql.Tx) (err error) {
 		// Read the result inside the transaction: once it commits, a short
 		// retention may prune the cancelled job before a later read.
 		defer func() {
@@ -408,7 +409,11 @@ func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (*store.Job
 		if _, err := tx.ExecContext(ctx, `UPDATE herald_jobs SET state = 6, finished_at = ? WHERE id = ?`, micros(now), id); err != nil {
 			return err
 		}
-		if j.Key == "" || !j.Head {
+		if j.Key == "" {
+			return nil
+		}
+		if !j.Head {
+			s.memo.forget(lineID(j.Key)) // it leaves the middle of its line
 			return nil
 		}
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}

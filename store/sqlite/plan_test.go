@@ -17,7 +17,10 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		args []any
 	}{
 		"complete":      {completeSQL, []any{`[[1, 2]]`, 5}},
-		"nextInLines":   {nextInLinesSQL, []any{`[[7, 5, 1]]`}},
+		"nextSameDue":   {nextSameDueNSQL, []any{`[[7, 5, 1]]`}},
+		"nextSameDue1":  {nextSameDue1SQL, []any{`[[7, 5, 1]]`}},
+		"nextLater":     {nextLaterNSQL, []any{`[[7, 5]]`}},
+		"nextLater1":    {nextLater1SQL, []any{`[[7, 5]]`}},
 		"dropLines":     {dropLinesSQL, []any{`[7]`}},
 		"moveHeads":     {moveHeadsSQL, []any{`[[7, 1, "kind", 5]]`}},
 		"lineHeads":     {lineHeadsSQL, []any{`[7]`}},

@@ -43,6 +43,7 @@ type Store struct {
 
 	exchangeMu sync.Mutex
 	claims     claimTable
+	memo       lineMemo // guarded by exchangeMu
 
 	stmts map[string]*sql.Stmt // hot statements, prepared once on the writer
 	// nextLineRun and nextUnorderedRun are NextRunAt's statements,
@@ -99,7 +100,7 @@ func (s *Store) repairLines(ctx context.Context) error {
 	if len(stale) == 0 {
 		return nil
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err = s.inLineTx(ctx, func(tx *sql.Tx) error {
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims, now: time.Now()}
 		defer w.close()
 		w.advance = stale
@@ -132,6 +133,10 @@ var _ store.Driver = (*Store)(nil)
 type Options struct {
 	// CacheMiB is SQLite's page cache per connection. Defaults to 64.
 	CacheMiB int
+	// LineMemoMiB bounds the memory that remembers the jobs queued in
+	// lines this process created, so that advancing such a line needs no
+	// query (see memo.go). Defaults to 32; negative disables it.
+	LineMemoMiB int
 	// Readers is the number of read connections. Defaults to 4.
 	Readers int
 	// BusyTimeout is how long a write waits for a lock another process
@@ -158,6 +163,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.CacheMiB <= 0 {
 		opts.CacheMiB = 64
 	}
+	if opts.LineMemoMiB == 0 {
+		opts.LineMemoMiB = 32
+	}
 	if opts.Readers <= 0 {
 		opts.Readers = 4
 	}
@@ -181,6 +189,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	s := &Store{path: path, lock: lock}
 	s.claims.init()
+	s.memo.init(int64(max(opts.LineMemoMiB, 0)) << 20)
 	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)",
 		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024)
 	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
@@ -313,6 +322,17 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		return wrap(err)
 	}
 	return wrap(tx.Commit())
+}
+
+// inLineTx is inTx for transactions that move lines (under exchangeMu, or
+// in Open): if it fails, the line memo forgets everything, since fn may
+// have changed it to match writes that were rolled back.
+func (s *Store) inLineTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	err := s.inTx(ctx, fn)
+	if err != nil {
+		s.memo.reset()
+	}
+	return err
 }
 
 // wrap marks errors that mean "the store cannot write right now" with
