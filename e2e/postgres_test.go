@@ -282,7 +282,10 @@ func TestPostgresNodesSurviveKillAndStall(t *testing.T) {
 	// The killed node's log is complete once its process is reaped.
 	logs := []string{"", nodes[1].logs.String(), nodes[2].logs.String()}
 	select {
-	case <-killed.done:
+	case err := <-killed.done:
+		if err == nil {
+			t.Error("node 0 exited cleanly after kill -9")
+		}
 		logs[0] = killed.logs.String()
 	case <-time.After(10 * time.Second):
 		t.Error("killed node 0 not reaped after 10 s")
