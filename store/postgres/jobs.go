@@ -25,7 +25,8 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, until time.Time) 
 // Rescue returns running jobs whose lease expired (their node died or
 // stalled) to their lines: the interrupted attempt counts and is recorded
 // as an error, and the job stays its line's head, ready now. Their keys
-// are locked first, like any other write to lines.
+// are locked first, like any other write to lines. Every repairEvery it
+// also runs RepairLines (Rescue is the maintenance leader's).
 func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 	now := ts(p.Now)
 	var n int
@@ -54,6 +55,7 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("postgres: rescue: %w", wrap(err))
 	}
+	s.maybeRepairLines(ctx)
 	return n, nil
 }
 

@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -83,6 +84,9 @@ type Store struct {
 	lockSeed int64
 	channel  string // NOTIFY channel, per schema
 	sql      statements
+
+	repairMu   sync.Mutex
+	lastRepair time.Time // RepairLines' last run from Rescue
 }
 
 var (

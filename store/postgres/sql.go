@@ -165,6 +165,15 @@ SELECT id FROM done`
 // claimSQL takes ready heads kind by kind (in the order given, each up to
 // its cap, the whole up to $4), ordered and unordered competing by run_at,
 // skipping rows other transactions hold: nodes never wait for each other.
+// A line is marked running only when its head was taken: a line row
+// locked after another node committed a change to it is read as changed,
+// but its new head, inserted after this statement's snapshot, is
+// invisible to the update of jobs. Marking the line anyway left it
+// running with nobody running its head, holding the key for ever; now
+// the line stays ready and the next claim takes its head. The line is
+// matched by key only: the update reads the row as of the snapshot, and
+// a head_id test there would miss a line whose head moved since (to a job
+// the snapshot does see), leaving it ready while its head runs.
 const claimSQL = `WITH k AS (
 	SELECT * FROM unnest($2::text[], $3::int4[]) WITH ORDINALITY AS k(kind, n, ord) WHERE n > 0
 ), cand AS (
@@ -187,13 +196,15 @@ const claimSQL = `WITH k AS (
 	) c
 ), pick AS (
 	SELECT id, key FROM cand ORDER BY ord, run_at, id LIMIT $4
+), claimed AS (
+	UPDATE _s.jobs j SET state = 2, attempt = j.attempt + 1, started_at = $1, lease_owner = $5, lease_until = $6,
+		lease_token = nextval('_s.lease_tokens')
+	FROM pick p WHERE j.id = p.id
+	RETURNING ` + jobColumns + `
 ), marked AS (
-	UPDATE _s.lines l SET blocked = 2 FROM pick p WHERE p.key <> '' AND l.key = p.key
+	UPDATE _s.lines l SET blocked = 2 FROM claimed c WHERE c.key <> '' AND l.key = c.key
 )
-UPDATE _s.jobs j SET state = 2, attempt = j.attempt + 1, started_at = $1, lease_owner = $5, lease_until = $6,
-	lease_token = nextval('_s.lease_tokens')
-FROM pick p WHERE j.id = p.id
-RETURNING ` + jobColumns + `, true`
+SELECT *, true FROM claimed`
 
 // rescueSQL returns running jobs whose lease ended before $1 to their
 // lines as retryable now, recording the interrupted attempt.
