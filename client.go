@@ -110,6 +110,17 @@ func (c *Client) Start(ctx context.Context) error {
 	return nil
 }
 
+// Drain stops starting jobs, for good, while enqueues are still taken and
+// running jobs go on: the first step of a graceful shutdown, taken when the
+// signal arrives, while a service still answers the requests in flight.
+// Stop completes the shutdown. Drain on a client that is not running does
+// nothing.
+func (c *Client) Drain() {
+	if eng, err := c.engine(); err == nil {
+		eng.Drain()
+	}
+}
+
 // Stop stops taking work and waits for running jobs until ctx is done; then
 // it interrupts them and returns them to their lines without consuming an
 // attempt. Jobs are never left running after Stop returns. If the client

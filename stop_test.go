@@ -189,6 +189,38 @@ func TestGracefulStop(t *testing.T) {
 	})
 
 	// Stop takes no new work: jobs enqueued but not started stay pending.
+	t.Run("DrainStopsStartsButTakesEnqueues", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, time.Hour)
+		first := mustEnqueue(t, b.client, herald.EnqueueParams{Kind: "k", Key: "a"}).ID
+		waitStarted(t, b, 1)
+		b.client.Drain()
+		// Enqueues are still stored; neither they nor the running job's
+		// successor start, even once it has finished.
+		second := mustEnqueue(t, b.client, herald.EnqueueParams{Kind: "k", Key: "a"}).ID
+		other := mustEnqueue(t, b.client, herald.EnqueueParams{Kind: "k", Key: "b"}).ID
+		close(b.release)
+		waitFor(t, 10*time.Second, "the running job to finish", func() bool {
+			j, err := b.client.Get(t.Context(), first)
+			return err == nil && j.State == herald.StateCompleted
+		})
+		time.Sleep(200 * time.Millisecond) // the engine's chance to start something
+		if len(b.started) != 0 {
+			t.Fatalf("job %d started after Drain", (<-b.started).ID)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := b.client.Stop(ctx); err != nil {
+			t.Fatalf("Stop after Drain: %v", err)
+		}
+		r := reopen(t, b.dir)
+		for _, id := range []int64{second, other} {
+			if j, err := r.Get(t.Context(), id); err != nil || j.State != herald.StateAvailable || j.Attempt != 0 {
+				t.Errorf("job %d enqueued after Drain = %+v, %v; want stored, available, not started", id, j, err)
+			}
+		}
+	})
+
 	t.Run("NoNewStartsAfterStop", func(t *testing.T) {
 		t.Parallel()
 		clk := clock.NewFake(fakeStart)

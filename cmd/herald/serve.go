@@ -147,6 +147,9 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 	}
 	log.Info("shutting down: no new work; running jobs get up to the shutdown timeout", "timeout", cfg.ShutdownTimeout)
 	api.SetDraining(true)
+	// No job starts from now on, not even while the requests in flight
+	// finish below; enqueues among them are still stored.
+	client.Drain()
 	// A second signal ends the process at once: every acknowledged job is
 	// already durable, and running ones run again after restart.
 	second := make(chan os.Signal, 1)

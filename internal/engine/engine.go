@@ -101,6 +101,7 @@ type Engine struct {
 
 	running  atomic.Int64 // attempts running now
 	stopping atomic.Bool
+	draining atomic.Bool // no job starts any more; enqueues are still taken
 	started  atomic.Bool
 	// gate orders Insert's send on enqueue before Stop closes it.
 	gate sync.RWMutex
@@ -257,6 +258,18 @@ func (e *Engine) Stop(ctx context.Context) error {
 	e.workCancel(errStopping)
 	return err
 }
+
+// Drain stops starting jobs, for good: running jobs go on and enqueues are
+// still taken. It is the first step of a graceful shutdown (stop starting
+// work at once, while the service still answers requests in flight); Stop
+// completes it.
+func (e *Engine) Drain() {
+	e.draining.Store(true)
+	e.signal()
+}
+
+// claimsOff reports whether the engine may start no more jobs.
+func (e *Engine) claimsOff() bool { return e.stopping.Load() || e.draining.Load() }
 
 // Pause stops claiming jobs of kind; running ones finish.
 func (e *Engine) Pause(kind string, paused bool) error {

@@ -79,7 +79,7 @@ func (e *Engine) run() {
 		noClaims bool
 	)
 	for {
-		if !noClaims && e.stopping.Load() {
+		if !noClaims && e.claimsOff() {
 			noClaims = true
 			close(e.claimsStopped)
 		}
@@ -153,9 +153,9 @@ func (e *Engine) run() {
 
 		var claim *store.ClaimParams
 		now := e.clk.Now()
-		// Stop may have arrived while this pass waited: look again, so no
-		// job starts after Stop began.
-		if !noClaims && e.stopping.Load() {
+		// Stop or Drain may have arrived while this pass waited: look
+		// again, so no job starts after either began.
+		if !noClaims && e.claimsOff() {
 			noClaims = true
 			close(e.claimsStopped)
 		}
@@ -286,7 +286,7 @@ func (e *Engine) received(f finishRequest) finishRequest {
 // head of a kind with free slots, at most PollInterval.
 func (e *Engine) idleWait() time.Duration {
 	wait := e.cfg.PollInterval
-	if e.stopping.Load() || !e.hasFreeSlots() {
+	if e.claimsOff() || !e.hasFreeSlots() {
 		return wait
 	}
 	var kinds []string
