@@ -18,7 +18,8 @@ import (
 // (json_each), so a cycle runs a handful of statements whatever its size.
 // plan_test.go checks that none of them scans a table.
 const (
-	// completeSQL takes [[id, started_at], ...].
+	// completeSQL takes [[id, started_at], ...] of unordered jobs (ordered
+	// ones go through the completion log, done.go).
 	completeSQL = `UPDATE herald_jobs SET state = 4, attempt = attempt + 1,
 		started_at = p.value ->> 1, finished_at = ?2
 		FROM json_each(?1) p WHERE herald_jobs.id = p.value ->> 0`
@@ -74,7 +75,10 @@ var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, cla
 		for _, n := range insertChunks {
 			qs = append(qs, insertRowsSQLs[n])
 		}
-		return qs
+		for _, q := range foldSQLs {
+			qs = append(qs, q)
+		}
+		return append(qs, logDoneSQL, dropLogSQL)
 	}()...)
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
@@ -99,8 +103,11 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	s.exchangeMu.Lock()
 	defer s.exchangeMu.Unlock()
 	var (
-		res  *store.ExchangeResult
-		done []int64
+		res       *store.ExchangeResult
+		done      []int64
+		logged    [][3]int64 // completions logged, [id, attempt, started_at]
+		loggedSeq int64
+		foldedSeq int64
 	)
 	err := s.inLineTx(ctx, func(tx *sql.Tx) error {
 		res = &store.ExchangeResult{}
@@ -113,6 +120,16 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		}
 		if res.Finished, done, err = w.finish(p.Now, p.Finishes); err != nil {
 			return fmt.Errorf("finish: %w", err)
+		}
+		if logged = w.logged; len(logged) > 0 {
+			if loggedSeq, err = w.logCompleted(micros(p.Now), logged); err != nil {
+				return fmt.Errorf("log completions: %w", err)
+			}
+		}
+		if s.done.len() >= s.foldAt {
+			if foldedSeq, err = w.fold(s.foldChunk); err != nil {
+				return fmt.Errorf("fold completions: %w", err)
+			}
 		}
 		if err := w.flush(); err != nil {
 			return fmt.Errorf("advance lines: %w", err)
@@ -127,7 +144,16 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
-	// Only a committed transaction changes what this process runs.
+	// Only a committed transaction changes what this process runs. A
+	// completion is shown by the log before its claim goes, so a reader
+	// never finds the job neither running nor completed.
+	if loggedSeq > 0 {
+		s.done.add(loggedSeq, micros(p.Now), logged)
+		s.done.lastSeq = loggedSeq
+	}
+	if foldedSeq > 0 {
+		s.done.drop(foldedSeq)
+	}
 	s.claims.release(done)
 	if p.Claim != nil {
 		s.claims.add(res.Claimed, p.Claim.Owner, p.Claim.LeaseUntil)
@@ -177,6 +203,9 @@ type lineWriter struct {
 	// arrived holds copies of the inserted jobs per line, for the memo
 	// (nil when it is disabled).
 	arrived map[int64][]*store.Job
+	// logged collects completed ordered jobs, [id, attempt, started_at],
+	// for the completion log (done.go).
+	logged [][3]int64
 
 	// Hand-off: when a head finishes and the next job in its line may run
 	// now, it is claimed on the spot: no line write, no ready-index round
@@ -610,7 +639,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 				return nil, err
 			}
 			if existing != nil {
-				results[i] = store.InsertResult{Job: w.claims.overlay(existing), Existing: true}
+				results[i] = store.InsertResult{Job: w.store.overlay(existing), Existing: true}
 				continue
 			}
 		}
@@ -726,10 +755,12 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 		}
 		switch f.Outcome {
 		case store.OutcomeCompleted:
-			completed = append(completed, [2]int64{f.ID, c.startedUS})
-			if c.kh != 0 {
-				w.headFinished(c.kh, c.dueUS, f.ID)
+			if c.kh == 0 {
+				completed = append(completed, [2]int64{f.ID, c.startedUS})
+				break
 			}
+			w.logged = append(w.logged, [3]int64{f.ID, int64(c.attempt), c.startedUS})
+			w.headFinished(c.kh, c.dueUS, f.ID)
 		case store.OutcomeRelease:
 			// The attempt was never recorded, so only the line needs
 			// writing: it may still point at a job finished before a

@@ -199,7 +199,13 @@ func (s *Store) get(ctx context.Context, q queryer, id int64, now time.Time) (*s
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
 	}
-	return s.claims.overlay(j), nil
+	return s.overlay(j), nil
+}
+
+// overlay shows what the database rows do not say yet: that a job runs
+// here, or that it completed (logged, not folded).
+func (s *Store) overlay(j *store.Job) *store.Job {
+	return s.done.overlay(s.claims.overlay(j))
 }
 
 // List returns jobs matching p in id order.
@@ -207,6 +213,12 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 	now := p.Now
 	if now.IsZero() {
 		now = time.Now()
+	}
+	if p.State != "" {
+		// Filtering by state needs the logged completions in their rows.
+		if err := s.foldAll(ctx); err != nil {
+			return nil, err
+		}
 	}
 	var (
 		where = []string{"j.id > ?"}
@@ -263,7 +275,7 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: list: %w", err)
 		}
-		j = s.claims.overlay(j)
+		j = s.overlay(j)
 		if p.State != "" && j.State != p.State {
 			continue
 		}
@@ -435,6 +447,9 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 	if limit <= 0 {
 		limit = 10000
 	}
+	if err := s.foldAll(ctx); err != nil { // retention reads finished_at in the rows
+		return 0, err
+	}
 	var total int64
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		// The newest jobs may be about to go: remember the highest id so it
@@ -488,6 +503,9 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 // Stats counts jobs by kind and state. It scans the jobs table: call it
 // periodically, not per request on a hot path.
 func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) {
+	if err := s.foldAll(ctx); err != nil { // the counts read the rows' states
+		return nil, err
+	}
 	st := &store.Stats{ByKindState: map[string]map[store.State]int64{}}
 	nowUS := micros(now)
 	rows, err := s.reader.QueryContext(ctx, `SELECT kind,

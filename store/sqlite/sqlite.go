@@ -44,6 +44,9 @@ type Store struct {
 	exchangeMu sync.Mutex
 	claims     claimTable
 	memo       lineMemo // guarded by exchangeMu
+	done       doneLog  // completions not yet written into their rows
+	// foldAt and foldChunk: see done.go.
+	foldAt, foldChunk int
 
 	stmts map[string]*sql.Stmt // hot statements, prepared once on the writer
 	// nextLineRun and nextUnorderedRun are NextRunAt's statements,
@@ -189,6 +192,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	s := &Store{path: path, lock: lock}
 	s.claims.init()
+	s.done.init()
+	s.foldAt, s.foldChunk = defaultFoldAt, defaultFoldChunk
 	s.memo.init(int64(max(opts.LineMemoMiB, 0)) << 20)
 	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)",
 		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024)
@@ -212,6 +217,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	// Nothing runs yet: lines marked running by a previous process are free.
 	if _, err := s.writer.ExecContext(ctx, `UPDATE herald_lines SET blocked = 0 WHERE blocked = 2`); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: reset running lines: %w", err), s.Close())
+	}
+	if err := s.loadDoneLog(ctx); err != nil {
+		return nil, errors.Join(err, s.Close())
 	}
 	if err := s.repairLines(ctx); err != nil {
 		return nil, errors.Join(err, s.Close())
