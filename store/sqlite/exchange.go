@@ -307,13 +307,7 @@ func (w *lineWriter) advanceLines() error {
 	var heads []finishedHead
 	var asked []int // index in w.advance of each of heads
 	for i, h := range w.advance {
-		if j, ok := w.store.memo.pop(h.kh, h.dueUS, h.id); ok {
-			if j != nil {
-				j.Head = true
-				if j.State == store.StateScheduled && !j.RunAt.After(w.now) {
-					j.State = store.StateAvailable
-				}
-			}
+		if j, ok := w.store.memo.pop(h.kh, h.dueUS, h.id, micros(w.now)); ok {
 			next[i] = j
 			continue
 		}
@@ -359,7 +353,7 @@ func (w *lineWriter) advanceLines() error {
 func (w *lineWriter) readNext(heads []finishedHead, asked []int, next []*store.Job) error {
 	// Read ahead only while the memo has room to keep what is read.
 	limit, sameDue, later := 1, nextSameDue1SQL, nextLater1SQL
-	if w.store.memo.roomFor(len(heads)*readAhead, 512) {
+	if w.store.memo.roomFor(len(heads)*readAhead, 192) {
 		limit, sameDue, later = readAhead, nextSameDueNSQL, nextLaterNSQL
 	}
 	found := make([][]*store.Job, len(heads)) // up to limit per head, in line order
@@ -398,11 +392,7 @@ func (w *lineWriter) readNext(heads []finishedHead, asked []int, next []*store.J
 		complete := len(jobs) < limit
 		jobs = jobs[:min(len(jobs), limit)]
 		next[asked[i]] = jobs[0]
-		rest := make([]*store.Job, 0, len(jobs)-1)
-		for _, j := range jobs[1:] {
-			rest = append(rest, memoCopy(j))
-		}
-		w.store.memo.fill(h.kh, jobs[0], rest, complete)
+		w.store.memo.fill(h.kh, jobs[0], jobs[1:], complete)
 	}
 	return nil
 }
@@ -674,7 +664,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		for _, r := range results {
 			if !r.Existing && r.Job.Key != "" {
 				kh := lineID(r.Job.Key)
-				w.arrived[kh] = append(w.arrived[kh], memoCopy(r.Job))
+				w.arrived[kh] = append(w.arrived[kh], r.Job)
 			}
 		}
 	}

@@ -39,11 +39,44 @@ type lineMemo struct {
 }
 
 type memoLine struct {
-	jobs            []*store.Job // queued behind the head, in line order (due, id); jobs[off:] are live
+	jobs            []*memoJob // queued behind the head, in line order (due, id); jobs[off:] are live
 	off             int
 	complete        bool // jobs[off:] is all of the line behind the head, not a prefix
 	bytes           int64
 	headDue, headID int64 // the effective head's place in the line
+}
+
+// memoJob is a queued job as the memo keeps it: a job that never ran, so
+// its attempts, errors, output and start are empty. About a third of a
+// store.Job's size.
+type memoJob struct {
+	id, runUS, dueUS, createdUS int64
+	kind, key, idem             string
+	payload                     []byte
+	maxAttempts                 int
+}
+
+// compact makes j, which has just been inserted or read, a memoJob, not
+// sharing its payload. ok is false for a job that ran before (a retried
+// job rejoining its line): the memo does not keep those.
+func compact(j *store.Job) (*memoJob, bool) {
+	if j.Attempt != 0 || len(j.Errors) > 0 || j.Output != nil || !j.StartedAt.IsZero() || !j.FinishedAt.IsZero() {
+		return nil, false
+	}
+	return &memoJob{id: j.ID, runUS: micros(j.RunAt), dueUS: micros(j.DueAt), createdUS: micros(j.CreatedAt),
+		kind: j.Kind, key: j.Key, idem: j.IdempotencyKey, payload: slices.Clone(j.Payload), maxAttempts: j.MaxAttempts}, true
+}
+
+// job is m as a store.Job at the head of its line, as the database would
+// give it at now.
+func (m *memoJob) job(nowUS int64) *store.Job {
+	state := store.StateAvailable
+	if m.runUS > nowUS {
+		state = store.StateScheduled
+	}
+	return &store.Job{ID: m.id, Kind: m.kind, Key: m.key, Payload: m.payload, State: state,
+		MaxAttempts: m.maxAttempts, RunAt: fromMicros(m.runUS), DueAt: fromMicros(m.dueUS),
+		IdempotencyKey: m.idem, CreatedAt: fromMicros(m.createdUS), Head: true}
 }
 
 // readAhead is how many jobs of a line one read fetches: the next job and
@@ -53,7 +86,7 @@ const (
 	readAheadSQL = "32"
 	// lineCap is the most jobs remembered per line: a long line is known
 	// by its first jobs, leaving the budget to other lines.
-	lineCap = 2 * readAhead
+	lineCap = 256
 )
 
 // roomFor reports whether the budget has room for n more jobs of about
@@ -92,25 +125,26 @@ func (m *lineMemo) start(kh, headDue, headID int64) {
 
 // fill remembers what a read found behind head, the new effective head of
 // line kh: rest, in line order, is the whole line behind it if complete,
-// else its first jobs. It keeps what fits in the budget.
+// else its first jobs. It keeps what fits in the budget, up to the first
+// job the memo does not keep.
 func (m *lineMemo) fill(kh int64, head *store.Job, rest []*store.Job, complete bool) {
 	m.forget(kh)
 	if m.budget <= 0 {
 		return
 	}
 	l := &memoLine{bytes: lineOverhead, headDue: micros(head.DueAt), headID: head.ID, complete: complete}
-	for i, j := range rest {
-		size := jobBytes(j)
-		if m.bytes+l.bytes+size > m.budget {
-			rest, l.complete = rest[:i], false
+	for _, j := range rest {
+		c, ok := compact(j)
+		if !ok || m.bytes+l.bytes+c.size() > m.budget || len(l.jobs) == lineCap {
+			l.complete = false
 			break
 		}
-		l.bytes += size
+		l.jobs = append(l.jobs, c)
+		l.bytes += c.size()
 	}
-	if len(rest) == 0 && !l.complete {
+	if len(l.jobs) == 0 && !l.complete {
 		return // nothing worth remembering
 	}
-	l.jobs = slices.Clone(rest)
 	m.lines[kh] = l
 	m.bytes += l.bytes
 }
@@ -129,10 +163,10 @@ func (m *lineMemo) tracked(kh int64) bool {
 	return ok
 }
 
-// add queues j, just inserted, on its remembered line. j must be the
-// caller's own copy. A job that would stand before the head (only a
-// scheduled head giving way does that, and the caller forgets such lines)
-// or past the budget forgets the line.
+// add queues j, just inserted, on its remembered line. A job that would
+// stand before the head (only a scheduled head giving way does that, and
+// the caller forgets such lines) forgets the line; past the budget or the
+// line cap, the line is remembered in part from then on.
 func (m *lineMemo) add(kh int64, j *store.Job) {
 	l, ok := m.lines[kh]
 	if !ok || !l.complete {
@@ -143,34 +177,34 @@ func (m *lineMemo) add(kh int64, j *store.Job) {
 		m.forget(kh)
 		return
 	}
-	size := jobBytes(j)
 	live := l.jobs[l.off:]
-	if len(live) >= lineCap || m.bytes+size > m.budget {
+	// Newcomers are due now, so they nearly always go last.
+	i := len(live)
+	for i > 0 && cmpPlace(live[i-1].dueUS, live[i-1].id, due, j.ID) > 0 {
+		i--
+	}
+	c, ok := compact(j)
+	if !ok || len(live) >= lineCap || m.bytes+c.size() > m.budget {
 		// Keep what is remembered as the line's first jobs; the rest is
-		// read when they are used up. A newcomer due before the last
-		// remembered job (a scheduled one) cannot be left out that way.
-		if len(live) > 0 && cmpPlace(due, j.ID, micros(live[len(live)-1].DueAt), live[len(live)-1].ID) < 0 {
+		// read when they are used up. That only works for a newcomer
+		// that goes last.
+		if i < len(live) {
 			m.forget(kh)
 			return
 		}
 		l.complete = false
 		return
 	}
-	// Newcomers are due now, so they nearly always go last.
-	i := len(live)
-	for i > 0 && cmpPlace(micros(live[i-1].DueAt), live[i-1].ID, due, j.ID) > 0 {
-		i--
-	}
-	l.jobs = slices.Insert(l.jobs, l.off+i, j)
-	l.bytes += size
-	m.bytes += size
+	l.jobs = slices.Insert(l.jobs, l.off+i, c)
+	l.bytes += c.size()
+	m.bytes += c.size()
 }
 
-// pop returns the job after line kh's head, which has just finished, and
-// makes it the head. ok is false when the memo does not know the next job
-// (the caller reads it); next is nil when the line has no job left (the
-// caller drops the line).
-func (m *lineMemo) pop(kh, finishedDue, finishedID int64) (next *store.Job, ok bool) {
+// pop returns the job after line kh's head, which has just finished, as
+// the database would give it at now, and makes it the head. ok is false
+// when the memo does not know the next job (the caller reads it); next is
+// nil when the line has no job left (the caller drops the line).
+func (m *lineMemo) pop(kh, finishedDue, finishedID, nowUS int64) (next *store.Job, ok bool) {
 	l, ok := m.lines[kh]
 	if !ok {
 		return nil, false
@@ -184,7 +218,7 @@ func (m *lineMemo) pop(kh, finishedDue, finishedID int64) (next *store.Job, ok b
 		m.forget(kh)
 		return nil, l.complete
 	}
-	next = l.jobs[l.off]
+	c := l.jobs[l.off]
 	l.jobs[l.off] = nil
 	l.off++
 	if l.off == len(l.jobs) {
@@ -193,11 +227,10 @@ func (m *lineMemo) pop(kh, finishedDue, finishedID int64) (next *store.Job, ok b
 		l.jobs = append(l.jobs[:0], l.jobs[l.off:]...)
 		l.off = 0
 	}
-	size := jobBytes(next)
-	l.bytes -= size
-	m.bytes -= size
-	l.headDue, l.headID = micros(next.DueAt), next.ID
-	return next, true
+	l.bytes -= c.size()
+	m.bytes -= c.size()
+	l.headDue, l.headID = c.dueUS, c.id
+	return c.job(nowUS), true
 }
 
 // queued returns the ids remembered behind line kh's head (for tests).
@@ -208,7 +241,7 @@ func (m *lineMemo) queued(kh int64) ([]int64, bool) {
 	}
 	ids := make([]int64, 0, len(l.jobs)-l.off)
 	for _, j := range l.jobs[l.off:] {
-		ids = append(ids, j.ID)
+		ids = append(ids, j.id)
 	}
 	return ids, true
 }
@@ -217,15 +250,7 @@ func cmpPlace(dueA, idA, dueB, idB int64) int {
 	return cmp.Or(cmp.Compare(dueA, dueB), cmp.Compare(idA, idB))
 }
 
-func jobBytes(j *store.Job) int64 {
-	return int64(384 + len(j.Payload) + len(j.Key) + len(j.Kind) + len(j.IdempotencyKey))
-}
-
-// memoCopy is the job as the database holds it right after its insert,
-// sharing nothing with the caller's InsertParams or result.
-func memoCopy(j *store.Job) *store.Job {
-	c := *j
-	c.Payload = slices.Clone(j.Payload)
-	c.Head = false
-	return &c
+// size approximates the memory m takes.
+func (m *memoJob) size() int64 {
+	return int64(128 + len(m.payload) + len(m.key) + len(m.kind) + len(m.idem))
 }
