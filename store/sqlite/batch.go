@@ -34,28 +34,31 @@ func insertRowsSQL(n int) string {
 }
 
 const (
-	// nextSameDueSQL and nextLaterSQL read, for each [kh, due, id] of a
-	// finished head, the first readAhead jobs after it in its line; h.i is
-	// the input's index. Together they stand for the row-value comparison
-	// (due_at, id) > (due, id), which SQLite seeks on only with bound
-	// parameters: with json_each values it would walk every job of a batch
-	// that shares the due time.
-	nextSameDueSQL = `WITH h AS MATERIALIZED (SELECT p.key AS i, p.value ->> 0 AS kh, p.value ->> 1 AS due, p.value ->> 2 AS id
+	// nextOneSQL and nextManySQL read, for each [kh, due, id] of a finished
+	// head, the first job after it in its line, or the first readAhead
+	// jobs (nextMany returns up to twice that; the caller sorts and keeps
+	// readAhead); h.i is the input's index. Each has two seeks (same due
+	// time and a later id, else a later due time) standing for the
+	// row-value comparison (due_at, id) > (due, id), which SQLite seeks on
+	// only with bound parameters: with json_each values it would walk
+	// every job of a batch that shares the due time.
+	nextOneSQL = `WITH h AS MATERIALIZED (SELECT p.key AS i, p.value ->> 0 AS kh, p.value ->> 1 AS due, p.value ->> 2 AS id
 			FROM json_each(?1) p)
 		SELECT h.i, ` + jobColumnsJ + `, 1 FROM h
-		JOIN herald_jobs j ON j.id IN (SELECT x.id FROM herald_jobs x WHERE x.kh = h.kh AND x.due_at = h.due
-			AND x.id > h.id AND x.state < 4 ORDER BY x.id LIMIT `
-	nextLaterSQL = `WITH h AS MATERIALIZED (SELECT p.key AS i, p.value ->> 0 AS kh, p.value ->> 1 AS due
+		JOIN herald_jobs j ON j.id = coalesce(
+			(SELECT x.id FROM herald_jobs x WHERE x.kh = h.kh AND x.due_at = h.due
+				AND x.id > h.id AND x.state < 4 ORDER BY x.id LIMIT 1),
+			(SELECT x.id FROM herald_jobs x WHERE x.kh = h.kh AND x.due_at > h.due
+				AND x.state < 4 ORDER BY x.due_at, x.id LIMIT 1))`
+	nextManySQL = `WITH h AS MATERIALIZED (SELECT p.key AS i, p.value ->> 0 AS kh, p.value ->> 1 AS due, p.value ->> 2 AS id
 			FROM json_each(?1) p)
 		SELECT h.i, ` + jobColumnsJ + `, 1 FROM h
-		JOIN herald_jobs j ON j.id IN (SELECT x.id FROM herald_jobs x WHERE x.kh = h.kh AND x.due_at > h.due
-			AND x.state < 4 ORDER BY x.due_at, x.id LIMIT `
-	// The reads with and without reading ahead (the limit is part of the
-	// text: SQLite re-prepares a statement whose bound LIMIT changes).
-	nextSameDue1SQL = nextSameDueSQL + "1)"
-	nextLater1SQL   = nextLaterSQL + "1)"
-	nextSameDueNSQL = nextSameDueSQL + readAheadSQL + ")"
-	nextLaterNSQL   = nextLaterSQL + readAheadSQL + ")"
+		JOIN herald_jobs j ON j.id IN (
+			SELECT id FROM (SELECT x.id FROM herald_jobs x WHERE x.kh = h.kh AND x.due_at = h.due
+				AND x.id > h.id AND x.state < 4 ORDER BY x.id LIMIT ` + readAheadSQL + `)
+			UNION ALL
+			SELECT id FROM (SELECT x.id FROM herald_jobs x WHERE x.kh = h.kh AND x.due_at > h.due
+				AND x.state < 4 ORDER BY x.due_at, x.id LIMIT ` + readAheadSQL + `))`
 	// dropLinesSQL deletes the lines of [kh, ...].
 	dropLinesSQL = `DELETE FROM herald_lines WHERE kh IN (SELECT value FROM json_each(?1))`
 	// moveHeadsSQL points lines at new heads: [[kh, head, kind, run_at], ...].

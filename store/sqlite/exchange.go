@@ -69,7 +69,7 @@ var insertRowsSQLs = func() map[int]string {
 
 // hotStatements are prepared once at Open.
 var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
-	markRunningSQL, nextSameDue1SQL, nextLater1SQL, nextSameDueNSQL, nextLaterNSQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
+	markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
 	func() []string {
 		var qs []string
 		for _, n := range insertChunks {
@@ -352,37 +352,18 @@ func (w *lineWriter) advanceLines() error {
 // the jobs read behind it.
 func (w *lineWriter) readNext(heads []finishedHead, asked []int, next []*store.Job) error {
 	// Read ahead only while the memo has room to keep what is read.
-	limit, sameDue, later := 1, nextSameDue1SQL, nextLater1SQL
+	limit, q := 1, nextOneSQL
 	if w.store.memo.roomFor(len(heads)*readAhead, 192) {
-		limit, sameDue, later = readAhead, nextSameDueNSQL, nextLaterNSQL
+		limit, q = readAhead, nextManySQL
 	}
-	found := make([][]*store.Job, len(heads)) // up to limit per head, in line order
+	found := make([][]*store.Job, len(heads)) // up to 2*limit per head, sorted in line order
 	var in jsonRows
 	for _, h := range heads {
 		in.row()
 		in.int(h.kh).int(h.dueUS).int(h.id)
 	}
-	if err := w.readLines(sameDue, in.String(), found); err != nil {
+	if err := w.readLines(q, in.String(), found); err != nil {
 		return err
-	}
-	// Jobs due later follow, for the heads not yet served in full.
-	var laterIn jsonRows
-	var laterIdx []int
-	for i, h := range heads {
-		if len(found[i]) < limit {
-			laterIn.row()
-			laterIn.int(h.kh).int(h.dueUS)
-			laterIdx = append(laterIdx, i)
-		}
-	}
-	if len(laterIdx) > 0 {
-		more := make([][]*store.Job, len(laterIdx))
-		if err := w.readLines(later, laterIn.String(), more); err != nil {
-			return err
-		}
-		for k, i := range laterIdx {
-			found[i] = append(found[i], more[k]...)
-		}
 	}
 	for i, h := range heads {
 		jobs := found[i]
