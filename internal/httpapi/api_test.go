@@ -717,3 +717,30 @@ func mustUnmarshal(t *testing.T, s string, v any) {
 		t.Fatalf("unmarshal %s: %v", s, err)
 	}
 }
+
+// GET /v1/jobs/{id} shows what the handler recorded, kept for the retry;
+// a job whose handler recorded nothing has no output field.
+func TestGetJobShowsOutput(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Options{})
+	flaky := b.enqueue(t, `{"kind":"flaky","key":"out","payload":{}}`)
+	b.waitState(t, flaky.ID, herald.StateRetryable)
+	noop := b.enqueue(t, `{"kind":"noop","key":"no-out","payload":{}}`)
+	b.waitState(t, noop.ID, herald.StateCompleted)
+	for _, tc := range []struct {
+		id   int64
+		want string
+	}{{flaky.ID, `{"last_reply":"429"}`}, {noop.ID, ""}} {
+		rec := b.do(http.MethodGet, "/v1/jobs/"+strconv.FormatInt(tc.id, 10), "")
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET job %d: %d %s", tc.id, rec.Code, rec.Body)
+		}
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(rec.Body.Bytes(), &raw); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(raw["output"]); got != tc.want {
+			t.Errorf("job %d output = %q; want %q (%s)", tc.id, got, tc.want, rec.Body)
+		}
+	}
+}

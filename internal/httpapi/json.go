@@ -247,6 +247,9 @@ type jobJSON struct {
 	StartedAt   timestamp       `json:"started_at,omitzero"`
 	FinishedAt  timestamp       `json:"finished_at,omitzero"`
 	Errors      []attemptJSON   `json:"errors"`
+	// Output is what the handler last recorded (herald.RecordOutput), e.g.
+	// an email's per-recipient replies; absent when nothing was.
+	Output json.RawMessage `json:"output,omitempty"`
 }
 
 type attemptJSON struct {
@@ -268,7 +271,7 @@ func renderJob(j *herald.Job) *jobJSON {
 		Attempt: j.Attempt, MaxAttempts: j.MaxAttempts, Payload: payload,
 		RunAt: timestamp(j.RunAt), CreatedAt: timestamp(j.CreatedAt),
 		StartedAt: timestamp(j.StartedAt), FinishedAt: timestamp(j.FinishedAt),
-		Errors: make([]attemptJSON, 0, len(j.Errors)),
+		Errors: make([]attemptJSON, 0, len(j.Errors)), Output: j.Output,
 	}
 	for _, e := range j.Errors {
 		out.Errors = append(out.Errors, attemptJSON{At: timestamp(e.At), Attempt: e.Attempt, Message: e.Message})

@@ -39,7 +39,8 @@ type testBundle struct {
 //   - noop completes at once;
 //   - idle completes at once (tests pause it to keep jobs waiting);
 //   - block runs until the test ends;
-//   - flaky fails and asks for a retry an hour later;
+//   - flaky records {"last_reply":"429"}, fails and asks for a retry an
+//     hour later;
 //   - fatal fails permanently and blocks its key.
 func setup(tb testing.TB, opts Options) *testBundle {
 	tb.Helper()
@@ -63,7 +64,10 @@ func setup(tb testing.TB, opts Options) *testBundle {
 			}
 			return nil
 		}, herald.KindConfig{}},
-		{"flaky", func(context.Context, *herald.Job) error {
+		{"flaky", func(ctx context.Context, _ *herald.Job) error {
+			if err := herald.RecordOutput(ctx, map[string]string{"last_reply": "429"}); err != nil {
+				return err
+			}
 			return herald.RetryAfter(time.Hour, errors.New("remote answered 429"))
 		}, herald.KindConfig{}},
 		{"fatal", func(context.Context, *herald.Job) error {
@@ -183,6 +187,7 @@ type jobJSONTest struct {
 		Attempt int       `json:"attempt"`
 		Message string    `json:"message"`
 	} `json:"errors"`
+	Output json.RawMessage `json:"output"`
 }
 
 func (j jobJSONTest) path() string { return "/v1/jobs/" + strconv.FormatInt(j.ID, 10) }

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -130,5 +131,46 @@ func TestOpenAPIServed(t *testing.T) {
 	}
 	if !json.Valid(rec.Body.Bytes()) {
 		t.Error("served document is not JSON")
+	}
+}
+
+// TestOpenAPIJobSchema: the Job schema names exactly the fields the API
+// renders, and requires the ones that are always there.
+func TestOpenAPIJobSchema(t *testing.T) {
+	t.Parallel()
+	var doc struct {
+		Components struct {
+			Schemas map[string]struct {
+				Required   []string                   `json:"required"`
+				Properties map[string]json.RawMessage `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(openAPIDocument, &doc); err != nil {
+		t.Fatal(err)
+	}
+	schema, ok := doc.Components.Schemas["Job"]
+	if !ok {
+		t.Fatal("openapi.json has no Job schema")
+	}
+	var fields, always []string
+	typ := reflect.TypeFor[jobJSON]()
+	for f := range typ.Fields() {
+		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+		fields = append(fields, name)
+		if !strings.Contains(opts, "omit") {
+			always = append(always, name)
+		}
+	}
+	slices.Sort(fields)
+	slices.Sort(always)
+	documented := slices.Sorted(maps.Keys(schema.Properties))
+	if !slices.Equal(documented, fields) {
+		t.Errorf("Job schema properties %v; the API renders %v", documented, fields)
+	}
+	required := slices.Clone(schema.Required)
+	slices.Sort(required)
+	if !slices.Equal(required, always) {
+		t.Errorf("Job schema requires %v; always rendered: %v", required, always)
 	}
 }
