@@ -1,8 +1,10 @@
 package sqlite
 
 import (
+	"database/sql"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -94,26 +96,49 @@ func TestCompletionLog(t *testing.T) {
 	if logged == 0 {
 		t.Fatal("nothing left in the log: the restart below would test nothing")
 	}
-	// A process that stops leaves the rest in the log; Open folds it.
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
+	// A process that dies leaves the rest in the log, and Open folds it:
+	// a copy of the files taken now is what a crash would leave.
+	crashed := filepath.Join(t.TempDir(), "herald.db")
+	for _, suffix := range []string{"", "-wal"} {
+		b, err := os.ReadFile(path + suffix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(crashed+suffix, b, 0o600); err != nil { //nolint:gosec // a test temp dir
+			t.Fatal(err)
+		}
 	}
-	s, err = Open(ctx, path, Options{})
+	db, err := sql.Open("sqlite", "file:"+crashed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	var inLog int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM herald_done_log`).Scan(&inLog); err != nil || inLog == 0 {
+		t.Fatalf("the crash copy holds %d log rows (%v); the test needs some", inLog, err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A clean Close folds it.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{crashed, path} {
+		s, err := Open(ctx, p, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows, left int
+		if err := s.writer.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM herald_done_log),
+			(SELECT count(*) FROM herald_jobs WHERE state <> 4)`).Scan(&rows, &left); err != nil || rows != 0 || left != 0 || s.done.len() != 0 {
+			t.Fatalf("%s reopened: %d log rows, %d rows not completed, %d in memory (%v); want all %d folded", p, rows, left, s.done.len(), err, logged)
+		}
+		for id, at := range finished {
+			checkCompleted(t, s, id, at)
+		}
 		if err := s.Close(); err != nil {
 			t.Error(err)
 		}
-	}()
-	var rows, left int
-	if err := s.writer.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM herald_done_log),
-		(SELECT count(*) FROM herald_jobs WHERE state <> 4)`).Scan(&rows, &left); err != nil || rows != 0 || left != 0 || s.done.len() != 0 {
-		t.Fatalf("after reopening: %d log rows, %d rows not completed, %d in memory (%v); want all %d folded", rows, left, s.done.len(), err, logged)
-	}
-	for id, at := range finished {
-		checkCompleted(t, s, id, at)
 	}
 }
 

@@ -258,6 +258,11 @@ func flockWithin(ctx context.Context, f *os.File, wait time.Duration) error {
 // Close releases the database and its lock.
 func (s *Store) Close() error {
 	var errs []error
+	// Leave every completion in its row: the file then reads the same to
+	// any program, an older herald included.
+	if s.writer != nil && s.done.len() > 0 {
+		errs = append(errs, s.foldAll(context.Background()))
+	}
 	for _, st := range s.stmts {
 		errs = append(errs, st.Close())
 	}
