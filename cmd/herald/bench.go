@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"time"
 
@@ -14,6 +15,17 @@ import (
 
 	"github.com/heraldmq/herald/internal/bench"
 )
+
+// chainPostRun runs next after prev (if any), keeping both errors.
+func chainPostRun(prev func(*cobra.Command, []string) error, next func() error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		var err error
+		if prev != nil {
+			err = prev(cmd, args)
+		}
+		return errors.Join(err, next())
+	}
+}
 
 func newBenchCmd() *cobra.Command {
 	var (
@@ -32,7 +44,8 @@ output is one JSON object with the scenario's results.`,
 	cmd.PersistentFlags().IntVar(&opts.Nodes, "nodes", 1, "engines sharing the store, each with its own connections (PostgreSQL only)")
 	cmd.PersistentFlags().IntVar(&opts.Workers, "workers", 0, "global worker slots (0: scenario default)")
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print the result as one JSON object on the last line")
-	var cpuProfile, logLevel string
+	var cpuProfile, memProfile, logLevel string
+	cmd.PersistentFlags().StringVar(&memProfile, "memprofile", "", "write an allocation profile (pprof) of the run to this file")
 	cmd.PersistentFlags().StringVar(&logLevel, "log-level", "", "log the engine to stderr at this level (debug shows every store cycle); empty: no engine log")
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the run to this file")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
@@ -42,6 +55,16 @@ output is one JSON object with the scenario's results.`,
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			opts.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+		}
+		if memProfile != "" {
+			runtime.MemProfileRate = 64 << 10
+			cmd.PersistentPostRunE = chainPostRun(cmd.PersistentPostRunE, func() error {
+				f, err := os.Create(memProfile)
+				if err != nil {
+					return err
+				}
+				return errors.Join(pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
+			})
 		}
 		if cpuProfile == "" {
 			return nil
@@ -53,10 +76,10 @@ output is one JSON object with the scenario's results.`,
 		if err := pprof.StartCPUProfile(f); err != nil {
 			return errors.Join(err, f.Close())
 		}
-		cmd.PersistentPostRunE = func(*cobra.Command, []string) error {
+		cmd.PersistentPostRunE = chainPostRun(cmd.PersistentPostRunE, func() error {
 			pprof.StopCPUProfile()
 			return f.Close()
-		}
+		})
 		return nil
 	}
 
