@@ -162,9 +162,15 @@ func (t *claimTable) overlay(j *store.Job) *store.Job {
 		return nil
 	}
 	c, ok := t.get(j.ID)
-	if !ok {
+	return t.overlayWith(j, c, ok)
+}
+
+// overlayWith is overlay with the claim looked up beforehand (running
+// tells whether there was one).
+func (t *claimTable) overlayWith(j *store.Job, c claim, running bool) *store.Job {
+	if !running {
 		if j.Head && j.Key != "" {
-			if running, ok := t.runningOn(lineID(j.Key)); ok && running != j.ID {
+			if on, ok := t.runningOn(lineID(j.Key)); ok && on != j.ID {
 				j.Head = false
 			}
 		}
@@ -177,6 +183,17 @@ func (t *claimTable) overlay(j *store.Job) *store.Job {
 	j.LeaseOwner = c.owner
 	j.LeaseToken = c.token
 	return j
+}
+
+// snapshot copies the claims, for a reader of many rows.
+func (t *claimTable) snapshot() map[int64]claim {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[int64]claim, len(t.byID))
+	for id, c := range t.byID {
+		out[id] = *c
+	}
+	return out
 }
 
 // countRunning moves running jobs from their stored state to running.

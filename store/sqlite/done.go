@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -84,17 +85,32 @@ func (d *doneLog) len() int {
 	return len(d.byID)
 }
 
-// overlay shows a logged completion on j, read from its stale row.
-func (d *doneLog) overlay(j *store.Job) *store.Job {
-	if j == nil {
-		return nil
-	}
+// lookup returns id's logged completion, if any.
+func (d *doneLog) lookup(id int64) (doneEntry, bool) {
 	d.mu.Lock()
-	e, ok := d.byID[j.ID]
-	d.mu.Unlock()
-	if !ok {
-		return j
-	}
+	defer d.mu.Unlock()
+	e, ok := d.byID[id]
+	return e, ok
+}
+
+// snapshot copies the logged completions, for a reader of many rows.
+func (d *doneLog) snapshot() map[int64]doneEntry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.byID)
+}
+
+// apply shows the logged completion e on j, read from its stale row.
+//
+// Readers take what they overlay before they read the row, in the order the
+// writer undoes it: the claim first, then the logged completion (Exchange
+// logs a completion, then ends the claim). A completion in the log was
+// committed, so a row read afterwards holds what the same transaction wrote
+// (the attempt's output); looked up after the read, it could be paired with
+// a row read before the commit. And a claim gone by the time the log is
+// looked at means the completion is there: the job never reads as the
+// pending state its row keeps until the fold.
+func (e doneEntry) apply(j *store.Job) *store.Job {
 	j.State = store.StateCompleted
 	j.Attempt = e.attempt
 	j.StartedAt = fromMicros(e.startedUS)

@@ -610,7 +610,12 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 				return nil, err
 			}
 			if existing != nil {
-				results[i] = store.InsertResult{Job: w.store.overlay(existing), Existing: true}
+				// Under exchangeMu the log does not change: no read order to keep.
+				existing = w.claims.overlay(existing)
+				if e, ok := w.store.done.lookup(existing.ID); ok {
+					existing = e.apply(existing)
+				}
+				results[i] = store.InsertResult{Job: existing, Existing: true}
 				continue
 			}
 		}

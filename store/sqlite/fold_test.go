@@ -153,3 +153,64 @@ func checkCompleted(t *testing.T, s *Store, id int64, at time.Time) {
 			id, j.State, j.Attempt, j.StartedAt, j.FinishedAt, j.Head, at)
 	}
 }
+
+// A reader polling a job while its attempt completes sees it running,
+// then completed together with what the attempt recorded: never a
+// completion paired with a row read before the commit, and never the
+// pending state its row keeps until the fold.
+func TestCompletedJobShowsItsOutput(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "herald.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	claim := store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Hour), Limits: []store.KindLimit{{Kind: "k", Max: 1}}, Max: 1}
+	for i := range 300 {
+		key := fmt.Sprintf("key-%d", i)
+		if _, err := s.InsertMany(ctx, store.InsertManyParams{Now: now,
+			Jobs: []store.InsertParams{{Kind: "k", Key: key, Payload: json.RawMessage(`{}`), MaxAttempts: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Claim(ctx, claim)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("claim: %v, %v", got, err)
+		}
+		j := got[0]
+		seen := make(chan error, 1)
+		go func() {
+			for {
+				r, err := s.Get(ctx, j.ID)
+				if err != nil {
+					seen <- err
+					return
+				}
+				if r.State != store.StateRunning && r.State != store.StateCompleted {
+					seen <- fmt.Errorf("job %d, claimed, then completed, read as %s", j.ID, r.State)
+					return
+				}
+				if r.State == store.StateCompleted {
+					if string(r.Output) != `{"sent":true}` {
+						seen <- fmt.Errorf("job %d completed with output %q", j.ID, r.Output)
+						return
+					}
+					seen <- nil
+					return
+				}
+			}
+		}()
+		if _, err := s.Exchange(ctx, store.ExchangeParams{Now: now, Finishes: []store.FinishParams{{ID: j.ID, Owner: "o",
+			LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted, Output: json.RawMessage(`{"sent":true}`)}}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-seen; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -192,6 +192,9 @@ type queryer interface {
 }
 
 func (s *Store) get(ctx context.Context, q queryer, id int64, now time.Time) (*store.Job, error) {
+	// Claim, then logged completion, then the row: see doneEntry.apply.
+	c, running := s.claims.get(id)
+	done, completed := s.done.lookup(id)
 	j, err := scanJob(q.QueryRowContext(ctx, selectJob+` WHERE j.id = ?`, id), now)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("job %d: %w", id, store.ErrNotFound)
@@ -199,13 +202,10 @@ func (s *Store) get(ctx context.Context, q queryer, id int64, now time.Time) (*s
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
 	}
-	return s.overlay(j), nil
-}
-
-// overlay shows what the database rows do not say yet: that a job runs
-// here, or that it completed (logged, not folded).
-func (s *Store) overlay(j *store.Job) *store.Job {
-	return s.done.overlay(s.claims.overlay(j))
+	if completed {
+		return done.apply(j), nil
+	}
+	return s.claims.overlayWith(j, c, running), nil
 }
 
 // List returns jobs matching p in id order.
@@ -261,6 +261,9 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 	if limit <= 0 {
 		limit = 100
 	}
+	// Claims, then logged completions, then the rows: see doneEntry.apply.
+	claims := s.claims.snapshot()
+	done := s.done.snapshot()
 	// Running jobs are stored as pending: read enough extra rows to drop
 	// them from a pending-state page and still fill it.
 	args = append(args, limit+s.claims.len())
@@ -275,7 +278,12 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: list: %w", err)
 		}
-		j = s.overlay(j)
+		if e, ok := done[j.ID]; ok {
+			j = e.apply(j)
+		} else {
+			c, running := claims[j.ID]
+			j = s.claims.overlayWith(j, c, running)
+		}
 		if p.State != "" && j.State != p.State {
 			continue
 		}
