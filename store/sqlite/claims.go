@@ -155,18 +155,10 @@ func (t *claimTable) expired(us int64) map[int64]claim {
 	return out
 }
 
-// overlay shows a job this process runs as running, and corrects the head
-// flag of a finished job that a line row still names after a hand-off.
-func (t *claimTable) overlay(j *store.Job) *store.Job {
-	if j == nil {
-		return nil
-	}
-	c, ok := t.get(j.ID)
-	return t.overlayWith(j, c, ok)
-}
-
-// overlayWith is overlay with the claim looked up beforehand (running
-// tells whether there was one).
+// overlayWith shows a job this process runs as running (running tells
+// whether c, looked up before the row was read, is a claim), and corrects
+// the head flag of a finished job that a line row still names after a
+// hand-off.
 func (t *claimTable) overlayWith(j *store.Job, c claim, running bool) *store.Job {
 	if !running {
 		if j.Head && j.Key != "" {

@@ -610,11 +610,9 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 				return nil, err
 			}
 			if existing != nil {
-				// Under exchangeMu the log does not change: no read order to keep.
-				existing = w.claims.overlay(existing)
-				if e, ok := w.store.done.lookup(existing.ID); ok {
-					existing = e.apply(existing)
-				}
+				// Under exchangeMu neither claims nor the log change while
+				// this runs: the view may be taken after the read.
+				existing = w.store.show(existing, w.store.viewOf(existing.ID))
 				results[i] = store.InsertResult{Job: existing, Existing: true}
 				continue
 			}

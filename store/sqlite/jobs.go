@@ -192,9 +192,7 @@ type queryer interface {
 }
 
 func (s *Store) get(ctx context.Context, q queryer, id int64, now time.Time) (*store.Job, error) {
-	// Claim, then logged completion, then the row: see doneEntry.apply.
-	c, running := s.claims.get(id)
-	done, completed := s.done.lookup(id)
+	v := s.viewOf(id) // before the row: see doneEntry.apply
 	j, err := scanJob(q.QueryRowContext(ctx, selectJob+` WHERE j.id = ?`, id), now)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("job %d: %w", id, store.ErrNotFound)
@@ -202,10 +200,33 @@ func (s *Store) get(ctx context.Context, q queryer, id int64, now time.Time) (*s
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: get job %d: %w", id, err)
 	}
-	if completed {
-		return done.apply(j), nil
+	return s.show(j, v), nil
+}
+
+// view is what this process knows of a job beyond its row: that it runs
+// here (a claim), or that it completed (logged, not folded yet).
+type view struct {
+	claim     claim
+	running   bool
+	done      doneEntry
+	completed bool
+}
+
+// viewOf looks id up: the claim, then the logged completion, in that
+// order (see doneEntry.apply). Readers call it before reading the row.
+func (s *Store) viewOf(id int64) view {
+	var v view
+	v.claim, v.running = s.claims.get(id)
+	v.done, v.completed = s.done.lookup(id)
+	return v
+}
+
+// show overlays v on j, read after v was taken.
+func (s *Store) show(j *store.Job, v view) *store.Job {
+	if v.completed {
+		return v.done.apply(j)
 	}
-	return s.claims.overlayWith(j, c, running), nil
+	return s.claims.overlayWith(j, v.claim, v.running)
 }
 
 // List returns jobs matching p in id order.
@@ -278,12 +299,10 @@ func (s *Store) List(ctx context.Context, p store.ListParams) ([]*store.Job, err
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: list: %w", err)
 		}
-		if e, ok := done[j.ID]; ok {
-			j = e.apply(j)
-		} else {
-			c, running := claims[j.ID]
-			j = s.claims.overlayWith(j, c, running)
-		}
+		var v view
+		v.claim, v.running = claims[j.ID]
+		v.done, v.completed = done[j.ID]
+		j = s.show(j, v)
 		if p.State != "" && j.State != p.State {
 			continue
 		}
