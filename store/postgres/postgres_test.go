@@ -172,27 +172,7 @@ func TestNodesShareNewKeys(t *testing.T) {
 		t.Error(err)
 	}
 	// Drain what is left: every job runs once and every line goes away.
-	for spins := 0; ; spins++ {
-		if spins > 1000 {
-			t.Fatal("could not drain the store")
-		}
-		now := time.Now()
-		jobs, err := nodes[0].Claim(t.Context(), store.ClaimParams{Now: now, Owner: "drain", LeaseUntil: now.Add(time.Minute),
-			Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(jobs) == 0 {
-			break
-		}
-		fs := make([]store.FinishParams, len(jobs))
-		for i, j := range jobs {
-			fs[i] = store.FinishParams{ID: j.ID, Owner: "drain", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
-		}
-		if _, err := nodes[0].FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	drainAll(t, nodes[0], 1000, 1000)
 	st, err := nodes[1].Stats(t.Context(), time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -417,4 +397,29 @@ func TestQueryTimeout(t *testing.T) {
 	if !errors.Is(err, store.ErrCommitUnknown) && !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("error %v; want ErrCommitUnknown or ErrUnavailable (the batch was sent)", err)
 	}
+}
+
+// drainAll claims and completes kind "k" jobs on s, batch at a time, until
+// none is left; it fails after spins claims.
+func drainAll(t *testing.T, s *postgres.Store, batch, spins int) {
+	t.Helper()
+	for range spins {
+		now := time.Now()
+		jobs, err := s.Claim(t.Context(), store.ClaimParams{Now: now, Owner: "drain", LeaseUntil: now.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: "k", Max: batch}}, Max: batch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) == 0 {
+			return
+		}
+		fs := make([]store.FinishParams, len(jobs))
+		for i, j := range jobs {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "drain", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		if _, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Fatal("could not drain the store")
 }

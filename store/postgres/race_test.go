@@ -92,27 +92,7 @@ func TestEarlierNewcomersRaceClaims(t *testing.T) {
 	}
 	checkLines(t, nodes[0].Schema())
 	// Drain: every job must run.
-	for spins := 0; ; spins++ {
-		if spins > 10000 {
-			t.Fatal("could not drain the store")
-		}
-		now := time.Now()
-		jobs, err := nodes[0].Claim(t.Context(), store.ClaimParams{Now: now, Owner: "drain", LeaseUntil: now.Add(time.Minute),
-			Limits: []store.KindLimit{{Kind: "k", Max: 100}}, Max: 100})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(jobs) == 0 {
-			break
-		}
-		fs := make([]store.FinishParams, len(jobs))
-		for i, j := range jobs {
-			fs[i] = store.FinishParams{ID: j.ID, Owner: "drain", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
-		}
-		if _, err := nodes[0].FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: fs}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	drainAll(t, nodes[0], 100, 10000)
 	st, err := nodes[1].Stats(t.Context(), time.Now())
 	if err != nil {
 		t.Fatal(err)
