@@ -12,23 +12,37 @@ import (
 // statement call costs more in database/sql and the driver than SQLite
 // spends on the row itself.
 
-// insertColumns are bound per row, in this order, by the multi-row insert.
+// insertColumns are bound per row, in this order, by the multi-row insert
+// with explicit ids; the insert that leaves ids to SQLite binds all but
+// the first.
 const insertColumns = 11
 
 // insertChunks are the row counts of the prepared multi-row inserts; a
 // batch is cut into the largest chunks that fit.
 var insertChunks = []int{64, 8, 1}
 
-// insertRowsSQL is an INSERT of n rows with explicit ids.
-func insertRowsSQL(n int) string {
+// insertRowsSQL is an INSERT of n rows, with explicit ids or, when
+// withID is false, with the ids SQLite picks (the highest rowid plus one).
+//
+// OR ROLLBACK: a failed statement fails the whole cycle anyway, and
+// without an ABORT path SQLite keeps no statement journal (a copy of every
+// page the statement touches). An explicit INTEGER PRIMARY KEY brings that
+// journal back regardless (SQLite checks the value is an integer and may
+// abort), which is why the store leaves ids to SQLite when it can.
+func insertRowsSQL(n int, withID bool) string {
 	var b strings.Builder
-	b.WriteString(`INSERT INTO herald_jobs
-		(id, kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at) VALUES `)
+	b.WriteString(`INSERT OR ROLLBACK INTO herald_jobs (`)
+	row := "(?,?,?,?,?,?,?,?,?,?)"
+	if withID {
+		b.WriteString("id, ")
+		row = "(?,?,?,?,?,?,?,?,?,?,?)"
+	}
+	b.WriteString(`kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at) VALUES `)
 	for i := range n {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString("(?,?,?,?,?,?,?,?,?,?,?)")
+		b.WriteString(row)
 	}
 	return b.String()
 }
@@ -62,13 +76,13 @@ const (
 	// dropLinesSQL deletes the lines of [kh, ...].
 	dropLinesSQL = `DELETE FROM herald_lines WHERE kh IN (SELECT value FROM json_each(?1))`
 	// moveHeadsSQL points lines at new heads: [[kh, head, kind, run_at], ...].
-	moveHeadsSQL = `UPDATE herald_lines SET head_id = p.value ->> 1, kind = p.value ->> 2, run_at = p.value ->> 3, blocked = 0
+	moveHeadsSQL = `UPDATE OR ROLLBACK herald_lines SET head_id = p.value ->> 1, kind = p.value ->> 2, run_at = p.value ->> 3, blocked = 0
 		FROM json_each(?1) p WHERE herald_lines.kh = p.value ->> 0`
 	// lineHeadsSQL reads the heads of [kh, ...] for placing newcomers.
 	lineHeadsSQL = `SELECT p.value, l.head_id, l.blocked, j.state, j.due_at, j.attempt
 		FROM json_each(?1) p JOIN herald_lines l ON l.kh = p.value JOIN herald_jobs j ON j.id = l.head_id`
 	// newLinesSQL creates lines: [[kh, key, head, kind, run_at], ...].
-	newLinesSQL = `INSERT INTO herald_lines (kh, key, head_id, kind, run_at)
+	newLinesSQL = `INSERT OR ROLLBACK INTO herald_lines (kh, key, head_id, kind, run_at)
 		SELECT p.value ->> 0, p.value ->> 1, p.value ->> 2, p.value ->> 3, p.value ->> 4 FROM json_each(?1) p`
 )
 

@@ -177,7 +177,7 @@ var foldSQLs = func() map[int]string {
 			}
 			b.WriteString("(?,?,?,?)")
 		}
-		b.WriteString(`) UPDATE herald_jobs SET state = 4, attempt = v.attempt, started_at = v.started_at,
+		b.WriteString(`) UPDATE OR ROLLBACK herald_jobs SET state = 4, attempt = v.attempt, started_at = v.started_at,
 			finished_at = v.finished_at FROM v WHERE herald_jobs.id = v.id`)
 		m[n] = b.String()
 	}

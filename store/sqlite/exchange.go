@@ -32,7 +32,7 @@ const (
 	claimLinesSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_lines l JOIN herald_jobs j ON j.id = l.head_id
 		WHERE l.kind = ?1 AND l.blocked = 0 AND l.run_at <= ?2
 		ORDER BY l.run_at, l.head_id`
-	markRunningSQL    = `UPDATE herald_lines SET blocked = 2 WHERE kh IN (SELECT value FROM json_each(?1))`
+	markRunningSQL    = `UPDATE OR ROLLBACK herald_lines SET blocked = 2 WHERE kh IN (SELECT value FROM json_each(?1))`
 	claimUnorderedSQL = `SELECT ` + jobColumnsJ + `, 1 FROM herald_jobs j
 		WHERE j.key = '' AND j.kind = ?1 AND j.state IN (0, 1, 3) AND j.run_at <= ?2
 			AND j.id NOT IN (SELECT value FROM json_each(?3))
@@ -58,13 +58,14 @@ func lineID(key string) int64 {
 	return 1
 }
 
-// insertRowsSQLs holds the multi-row insert for each chunk size.
-var insertRowsSQLs = func() map[int]string {
-	m := map[int]string{}
+// insertRowsSQLs and insertAutoSQLs hold the multi-row insert for each
+// chunk size, with explicit ids and with ids left to SQLite.
+var insertRowsSQLs, insertAutoSQLs = func() (withID, auto map[int]string) {
+	withID, auto = map[int]string{}, map[int]string{}
 	for _, n := range insertChunks {
-		m[n] = insertRowsSQL(n)
+		withID[n], auto[n] = insertRowsSQL(n, true), insertRowsSQL(n, false)
 	}
-	return m
+	return withID, auto
 }()
 
 // hotStatements are prepared once at Open.
@@ -73,7 +74,7 @@ var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, cla
 	func() []string {
 		var qs []string
 		for _, n := range insertChunks {
-			qs = append(qs, insertRowsSQLs[n])
+			qs = append(qs, insertRowsSQLs[n], insertAutoSQLs[n])
 		}
 		for _, q := range foldSQLs {
 			qs = append(qs, q)
@@ -142,7 +143,15 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		return nil
 	})
 	if err != nil {
+		// Ids may have been handed out for rows that were rolled back.
+		s.rowidIsLastID = false
 		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	if len(p.Inserts) > 0 {
+		// Any row written carries the highest id handed out so far: the
+		// table's highest rowid is lastID again (a cycle of idempotent
+		// repeats only leaves it as it was).
+		s.rowidIsLastID = s.rowidIsLastID || s.insertedAny(res.Inserted)
 	}
 	// Only a committed transaction changes what this process runs. A
 	// completion is shown by the log before its claim goes, so a reader
@@ -598,11 +607,12 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	now := p.Now
 	nowUS := micros(now)
 	results := make([]store.InsertResult, len(p.Inserts))
-	pending := make([]any, 0, len(p.Inserts)*insertColumns) // rows not yet written
+	rows := &pendingRows{auto: w.store.rowidIsLastID,
+		args: make([]any, 0, len(p.Inserts)*insertColumns)}
 	for i, in := range p.Inserts {
 		if in.IdempotencyKey != "" {
 			// An earlier row of this batch may hold the same key.
-			if err := w.insertRows(&pending); err != nil {
+			if err := w.insertRows(rows); err != nil {
 				return nil, err
 			}
 			existing, err := w.idempotent(in.IdempotencyKey, p.IdempotencySince, now)
@@ -628,7 +638,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 			idem = in.IdempotencyKey
 		}
 		id := w.store.nextID()
-		pending = append(pending, id, in.Kind, in.Key, lineID(in.Key), []byte(in.Payload), state,
+		rows.add(id, in.Kind, in.Key, lineID(in.Key), []byte(in.Payload), state,
 			in.MaxAttempts, dueUS, dueUS, idem, nowUS)
 		if in.Key != "" {
 			w.arrive(in.Key, id, dueUS, dueUS, in.Kind)
@@ -640,7 +650,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 			IdempotencyKey: in.IdempotencyKey, CreatedAt: fromMicros(nowUS),
 		}}
 	}
-	if err := w.insertRows(&pending); err != nil {
+	if err := w.insertRows(rows); err != nil {
 		return nil, err
 	}
 	if w.store.memo.budget > 0 {
@@ -664,21 +674,63 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	return results, nil
 }
 
-// insertRows writes the buffered rows (insertColumns values each) in as
-// few statements as the prepared chunk sizes allow, and empties the buffer.
-func (w *lineWriter) insertRows(args *[]any) error {
-	a := *args
+// pendingRows are rows buffered for the multi-row insert: their values in
+// column order (without the id when auto) and their ids.
+type pendingRows struct {
+	auto bool // leave ids to SQLite (Store.rowidIsLastID)
+	args []any
+	ids  []int64
+}
+
+func (r *pendingRows) add(id int64, row ...any) {
+	if !r.auto {
+		r.args = append(r.args, id)
+	}
+	r.args = append(r.args, row...)
+	r.ids = append(r.ids, id)
+}
+
+// insertRows writes the buffered rows in as few statements as the
+// prepared chunk sizes allow, and empties the buffer. When SQLite picks
+// the ids, each statement's last rowid must be the id this store handed
+// out: anything else fails the cycle rather than store a job under an id
+// nobody was told.
+func (w *lineWriter) insertRows(r *pendingRows) error {
+	sqls, cols := insertRowsSQLs, insertColumns
+	if r.auto {
+		sqls, cols = insertAutoSQLs, insertColumns-1
+	}
+	a, ids := r.args, r.ids
 	for _, n := range insertChunks {
-		for len(a) >= n*insertColumns {
-			if err := w.exec(insertRowsSQLs[n], a[:n*insertColumns]...); err != nil {
+		for len(ids) >= n {
+			st, err := w.stmt(sqls[n])
+			if err != nil {
 				return err
 			}
-			a = a[n*insertColumns:]
+			res, err := st.ExecContext(w.ctx, a[:n*cols]...)
+			if err != nil {
+				return err
+			}
+			if r.auto {
+				last, err := res.LastInsertId()
+				if err != nil {
+					return err
+				}
+				if want := ids[n-1]; last != want {
+					return fmt.Errorf("%w: SQLite gave row id %d to job %d", errRowidDrift, last, want)
+				}
+			}
+			a, ids = a[n*cols:], ids[n:]
 		}
 	}
-	*args = (*args)[:0]
+	r.args, r.ids = r.args[:0], r.ids[:0]
 	return nil
 }
+
+// errRowidDrift means the table's highest rowid was not the last id handed
+// out, so SQLite's choice of id would not match the store's. The cycle
+// fails and the next one names ids explicitly.
+var errRowidDrift = errors.New("row ids out of step")
 
 // idempotent returns the live job holding key, or nil. A job past the
 // window gives its key up so a new job can take it.

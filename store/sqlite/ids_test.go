@@ -3,6 +3,8 @@ package sqlite
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -94,5 +96,112 @@ func TestPruneEmptyDatabase(t *testing.T) {
 	}
 	if err := s.loadLastID(ctx); err != nil || s.lastID != 0 {
 		t.Fatalf("last id after pruning nothing = %d, %v; want 0", s.lastID, err)
+	}
+}
+
+// Inserts leave ids to SQLite while its next rowid is the store's next id,
+// and name them explicitly once a prune may have deleted the newest job.
+// Either way every job must be stored under the id its caller was given;
+// and if the two ever drift apart, the cycle must fail, not store a job
+// under another id.
+func TestRowIDsFollowStore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "herald.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close() //nolint:errcheck // test
+	now := time.Now()
+	batch := 0
+	insert := func(n int) ([]int64, error) {
+		batch++
+		ps := make([]store.InsertParams, n)
+		for i := range ps {
+			ps[i] = store.InsertParams{Kind: "k", Key: "line", MaxAttempts: 1,
+				Payload: json.RawMessage(fmt.Sprintf(`{"batch":%d,"i":%d}`, batch, i))}
+		}
+		res, err := s.InsertMany(ctx, store.InsertManyParams{Jobs: ps, Now: now})
+		if err != nil {
+			return nil, err
+		}
+		ids := make([]int64, n)
+		for i, r := range res {
+			ids[i] = r.Job.ID
+			got, err := s.Get(ctx, r.Job.ID)
+			if err != nil {
+				t.Fatalf("Get(%d): %v", r.Job.ID, err)
+			}
+			if want := fmt.Sprintf(`{"batch":%d,"i":%d}`, batch, i); string(got.Payload) != want {
+				t.Fatalf("job %d holds %s; want %s", r.Job.ID, got.Payload, want)
+			}
+		}
+		return ids, nil
+	}
+	mustInsert := func(n int) []int64 {
+		t.Helper()
+		ids, err := insert(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	drain := func() {
+		t.Helper()
+		for {
+			claimed, err := s.Claim(ctx, store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
+				Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(claimed) == 0 {
+				return
+			}
+			fs := make([]store.FinishParams, len(claimed))
+			for i, j := range claimed {
+				fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+			}
+			if _, err := s.FinishMany(ctx, store.FinishManyParams{Now: now, Finishes: fs}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	if !s.rowidIsLastID {
+		t.Fatal("a fresh store names ids explicitly")
+	}
+	first := mustInsert(100)
+	drain()
+	if n, err := s.Prune(ctx, store.PruneParams{CompletedBefore: now.Add(time.Hour), Limit: 1000}); err != nil || n != 100 {
+		t.Fatalf("Prune = %d, %v; want 100", n, err)
+	}
+	if s.rowidIsLastID {
+		t.Fatal("after a prune the store still leaves ids to SQLite, which would reuse them")
+	}
+	again := mustInsert(3)
+	if again[0] <= first[len(first)-1] {
+		t.Fatalf("after pruning the newest jobs, id %d reuses an old one (last was %d)", again[0], first[len(first)-1])
+	}
+	if !s.rowidIsLastID {
+		t.Fatal("an insert with explicit ids did not put SQLite's rowid back in step")
+	}
+	mustInsert(100)
+
+	// Break the invariant behind the store's back: the rows go, the flag
+	// stays. The insert must fail and store nothing; the next one works.
+	drain()
+	if _, err := s.Prune(ctx, store.PruneParams{CompletedBefore: now.Add(time.Hour), Limit: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	s.rowidIsLastID = true
+	lastBefore := s.lastID
+	if _, err := insert(10); !errors.Is(err, errRowidDrift) {
+		t.Fatalf("insert with drifted rowids: %v; want errRowidDrift", err)
+	}
+	if jobs, err := s.List(ctx, store.ListParams{Limit: 100}); err != nil || len(jobs) != 0 {
+		t.Fatalf("after the failed insert the store holds %d jobs (%v); want none", len(jobs), err)
+	}
+	if ids := mustInsert(10); ids[0] <= lastBefore {
+		t.Fatalf("id %d after a failed insert reuses one handed out before (%d)", ids[0], lastBefore)
 	}
 }

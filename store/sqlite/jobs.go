@@ -477,6 +477,10 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 	if err := s.foldAll(ctx); err != nil { // retention reads finished_at in the rows
 		return 0, err
 	}
+	// Under exchangeMu, so no cycle inserts between the delete and the note
+	// that SQLite's next rowid may no longer follow lastID.
+	s.exchangeMu.Lock()
+	defer s.exchangeMu.Unlock()
 	var total int64
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		// The newest jobs may be about to go: remember the highest id so it
@@ -521,6 +525,9 @@ func (s *Store) Prune(ctx context.Context, p store.PruneParams) (int, error) {
 		}
 		return nil
 	})
+	if total > 0 {
+		s.rowidIsLastID = false // the newest job may be gone
+	}
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: prune: %w", err)
 	}

@@ -58,6 +58,24 @@ type Store struct {
 	// by SQLite, so a batch is written as multi-row inserts without
 	// reading ids back. Guarded by exchangeMu (all inserts run in Exchange).
 	lastID int64
+	// rowidIsLastID says the table's highest rowid is lastID, so the rowid
+	// SQLite would pick for a new row (the highest plus one) is nextID's:
+	// inserts then leave the id out, which spares SQLite a statement
+	// journal (see insertRowsSQL). A rolled-back insert or a prune that
+	// deletes the newest job breaks it; a committed insert with explicit
+	// ids restores it. Guarded by exchangeMu.
+	rowidIsLastID bool
+}
+
+// insertedAny says whether a cycle wrote a new row (rather than only
+// returning jobs that held their idempotency keys).
+func (s *Store) insertedAny(res []store.InsertResult) bool {
+	for _, r := range res {
+		if !r.Existing {
+			return true
+		}
+	}
+	return false
 }
 
 // nextID hands out the next job id. Ids of a rolled-back transaction are
@@ -69,12 +87,14 @@ func (s *Store) nextID() int64 {
 
 // loadLastID starts ids after the highest one on disk or ever pruned.
 func (s *Store) loadLastID(ctx context.Context) error {
-	err := s.writer.QueryRowContext(ctx, `SELECT max(
-		coalesce((SELECT max(id) FROM herald_jobs), 0),
-		coalesce((SELECT value FROM herald_meta WHERE name = 'id_floor'), 0))`).Scan(&s.lastID)
+	var maxRowid int64
+	err := s.writer.QueryRowContext(ctx, `SELECT coalesce((SELECT max(id) FROM herald_jobs), 0),
+		coalesce((SELECT value FROM herald_meta WHERE name = 'id_floor'), 0)`).Scan(&maxRowid, &s.lastID)
 	if err != nil {
 		return fmt.Errorf("sqlite: read last job id: %w", wrap(err))
 	}
+	s.lastID = max(s.lastID, maxRowid)
+	s.rowidIsLastID = maxRowid == s.lastID
 	return nil
 }
 
