@@ -14,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/heraldmq/herald/internal/bench"
+	"github.com/heraldmq/herald/internal/config"
+	"github.com/heraldmq/herald/internal/gctune"
 )
 
 // chainPostRun runs next after prev (if any), keeping both errors.
@@ -45,10 +47,17 @@ output is one JSON object with the scenario's results.`,
 	cmd.PersistentFlags().IntVar(&opts.Workers, "workers", 0, "global worker slots (0: scenario default)")
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print the result as one JSON object on the last line")
 	var cpuProfile, memProfile, logLevel string
+	var gcHeadroom int
+	cmd.PersistentFlags().IntVar(&gcHeadroom, "gc-headroom-mib", config.Default().GCHeadroomMiB, "least allocation between garbage collections while the live heap is small, as herald serve's gc_headroom_mib (0: Go's default GOGC)")
 	cmd.PersistentFlags().StringVar(&memProfile, "memprofile", "", "write an allocation profile (pprof) of the run to this file")
 	cmd.PersistentFlags().StringVar(&logLevel, "log-level", "", "log the engine to stderr at this level (debug shows every store cycle); empty: no engine log")
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the run to this file")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if gcHeadroom < 0 {
+			return fmt.Errorf("--gc-headroom-mib: must be 0 (off) or more, got %d", gcHeadroom)
+		}
+		tuner := gctune.Start(int64(gcHeadroom) << 20)
+		cmd.PersistentPostRunE = chainPostRun(cmd.PersistentPostRunE, func() error { tuner.Stop(); return nil })
 		if logLevel != "" {
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/heraldmq/herald"
 	"github.com/heraldmq/herald/internal/config"
+	"github.com/heraldmq/herald/internal/gctune"
 	"github.com/heraldmq/herald/internal/handlers"
 	"github.com/heraldmq/herald/internal/httpapi"
 	"github.com/heraldmq/herald/internal/metrics"
@@ -61,6 +62,7 @@ signal exits at once, which loses nothing acknowledged either.`,
 func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<- string) error {
 	log := newLogger(cfg.Log, logOut)
 	exp := metrics.New()
+	defer gctune.Start(int64(cfg.GCHeadroomMiB) << 20).Stop()
 
 	ccfg := cfg.ClientConfig()
 	ccfg.Logger = log

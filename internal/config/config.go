@@ -56,6 +56,13 @@ type Config struct {
 	// work other nodes added or that came due. Defaults to 0: the
 	// library's 1s.
 	PollInterval time.Duration `koanf:"poll_interval,omitempty"`
+	// GCHeadroomMiB is the least allocation, in MiB, between the live heap
+	// and the next garbage collection: while the live heap is small, GOGC
+	// is raised to leave this much room, so a busy node does not collect
+	// dozens of times a second (see internal/gctune). 0 leaves the
+	// collector alone, as does setting GOGC in the environment.
+	// Defaults to 128.
+	GCHeadroomMiB int `koanf:"gc_headroom_mib"`
 	// MaxPayloadBytes caps one job's payload. Defaults to 1 MiB.
 	MaxPayloadBytes int `koanf:"max_payload_bytes"`
 	// MaxRequestBytes caps an HTTP request body, which bounds a batch.
@@ -256,6 +263,7 @@ func Default() Config {
 		Workers:         1000,
 		Lease:           15 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
+		GCHeadroomMiB:   128,
 		MaxPayloadBytes: 1 << 20,
 		MaxRequestBytes: 32 << 20,
 		Log:             Log{Level: "info", Format: "auto"},

@@ -80,6 +80,9 @@ func (c Config) Validate() error {
 		v.fail("lease", "must be at least 100ms, got %s", c.Lease)
 	}
 	v.duration("poll_interval", c.PollInterval)
+	if c.GCHeadroomMiB < 0 {
+		v.fail("gc_headroom_mib", "must be 0 (off) or more, got %d", c.GCHeadroomMiB)
+	}
 	if c.MaxPayloadBytes < 1 {
 		v.fail("max_payload_bytes", "must be at least 1, got %d", c.MaxPayloadBytes)
 	}
