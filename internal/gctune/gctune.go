@@ -79,10 +79,12 @@ func (t *Tuner) Stop() {
 }
 
 // Percent is the GOGC the tuner would set for a live heap of live bytes.
+// Before the first collection the runtime reports no live heap: the base
+// applies, since the whole heap would otherwise count as room.
 func (t *Tuner) Percent(live uint64) int {
 	p := t.base
 	if live == 0 {
-		return maxPercent
+		return p
 	}
 	if want := t.headroom * 100 / live; want > uint64(p) {
 		p = int(min(want, maxPercent))

@@ -20,7 +20,7 @@ func TestPercent(t *testing.T) {
 		live uint64
 		want int
 	}{
-		{0, maxPercent},
+		{0, 100},                   // no collection yet: base
 		{1 << 10, maxPercent},      // tiny heap: capped
 		{32 << 20, 400},            // 128 MiB of room over 32 MiB live
 		{128 << 20, 100},           // room equals the default's
