@@ -40,6 +40,7 @@ type Store struct {
 	lock   *os.File
 	writer *sql.DB // one connection: SQLite has a single writer anyway
 	reader *sql.DB // WAL lets readers run beside the writer
+	ckpt   checkpointer
 
 	exchangeMu sync.Mutex
 	claims     claimTable
@@ -215,8 +216,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s.done.init()
 	s.foldAt, s.foldChunk = defaultFoldAt, defaultFoldChunk
 	s.memo.init(int64(max(opts.LineMemoMiB, 0)) << 20)
-	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(8192)",
-		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024)
+	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(%d)",
+		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024, backstopPages)
 	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: open: %w", err), s.Close())
@@ -256,6 +257,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if s.nextUnorderedRun, err = s.reader.PrepareContext(ctx, nextUnorderedRunSQL); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: prepare: %w", err), s.Close())
 	}
+	if err := s.ckpt.start(path, pragmas, defaultCheckpointEvery); err != nil {
+		return nil, errors.Join(fmt.Errorf("sqlite: open checkpointer: %w", err), s.Close())
+	}
 	return s, nil
 }
 
@@ -283,6 +287,7 @@ func (s *Store) Close() error {
 	if s.writer != nil && s.done.len() > 0 {
 		errs = append(errs, s.foldAll(context.Background()))
 	}
+	errs = append(errs, s.ckpt.close())
 	for _, st := range s.stmts {
 		errs = append(errs, st.Close())
 	}
@@ -354,7 +359,11 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		_ = tx.Rollback()
 		return wrap(err)
 	}
-	return wrap(tx.Commit())
+	err = tx.Commit()
+	if err == nil {
+		s.ckpt.committed()
+	}
+	return wrap(err)
 }
 
 // inLineTx is inTx for transactions that move lines (under exchangeMu, or
