@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -143,6 +144,8 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	for _, i := range plan.fresh {
 		lockKeys = append(lockKeys, p.Inserts[i].Key)
 	}
+	slices.Sort(lockKeys)
+	lockKeys = slices.Compact(lockKeys)
 	for i, f := range p.Finishes {
 		finIDs[i] = f.ID
 	}
@@ -156,7 +159,7 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	moved := map[int64]time.Time{}
 	if len(plan.fresh) > 0 {
 		inserted = s.queueInsert(&b, p, plan.fresh)
-		b.Queue(s.sql.keepBehind, lockKeys).Query(func(rows pgx.Rows) error {
+		b.Queue(s.sql.keepBehind, lockKeys, p.Now).Query(func(rows pgx.Rows) error {
 			var id int64
 			var due time.Time
 			_, err := pgx.ForEachRow(rows, []any{&id, &due}, func() error {
@@ -263,7 +266,9 @@ func (s *Store) queueInsert(b *pgx.Batch, p store.ExchangeParams, fresh []int) [
 // queueFinish queues the outcomes; the returned set (ids whose outcome
 // took effect) is filled in when the batch is read.
 func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool {
-	n := len(p.Finishes)
+	// In id order, as renewals take their row locks.
+	fins := slices.SortedFunc(slices.Values(p.Finishes), func(a, b store.FinishParams) int { return cmp.Compare(a.ID, b.ID) })
+	n := len(fins)
 	var (
 		ids, tokens  = make([]int64, n), make([]int64, n)
 		owners, errs = make([]string, n), make([]string, n)
@@ -272,7 +277,7 @@ func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool
 		outputs      = make([][]byte, n)
 		block        = make([]bool, n)
 	)
-	for i, f := range p.Finishes {
+	for i, f := range fins {
 		ids[i], tokens[i], owners[i], errs[i] = f.ID, f.LeaseToken, f.Owner, f.Error
 		outcomes[i] = int16(f.Outcome) //nolint:gosec // validated in Exchange
 		retryAt[i] = ts(f.RetryAt)
