@@ -70,7 +70,8 @@ func render(schema string) statements {
 }
 
 // lockKeysSQL takes the advisory lock of every line a transaction writes:
-// the keys of jobs it inserts ($2) and of jobs it finishes ($3), in sorted
+// the keys it names ($2: of jobs it inserts, and of jobs it finishes whose
+// key the store knows) and of jobs it finishes by id ($3), in sorted
 // order so two transactions never wait for each other in a cycle. The
 // locks cover keys that have no line yet, which row locks cannot.
 const lockKeysSQL = `SELECT count(*) FROM (
