@@ -285,7 +285,8 @@ func (s *Store) queueInsert(b *pgx.Batch, p store.ExchangeParams, fresh []int) [
 // took effect) is filled in when the batch is read.
 func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool {
 	// In id order, as renewals take their row locks.
-	fins := slices.SortedFunc(slices.Values(p.Finishes), func(a, b store.FinishParams) int { return cmp.Compare(a.ID, b.ID) })
+	fins := slices.Clone(p.Finishes)
+	slices.SortStableFunc(fins, func(a, b store.FinishParams) int { return cmp.Compare(a.ID, b.ID) })
 	n := len(fins)
 	var (
 		ids, tokens  = make([]int64, n), make([]int64, n)
