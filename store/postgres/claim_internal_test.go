@@ -118,3 +118,55 @@ func TestClaimAfterNewcomerTookHead(t *testing.T) {
 		t.Errorf("next claim = %v, %v; want the newcomer %d", got, err, early.ID)
 	}
 }
+
+// TestFinishKeyFromClaimOrLookup: a finish locks its job's key whether the
+// store claimed the job itself (it remembers the key) or not (it looks the
+// key up), and either way the line moves on to the next job. The store
+// forgets a key once the job's outcome is written.
+func TestFinishKeyFromClaimOrLookup(t *testing.T) {
+	a, b := napStores(t) // b's claim is slow; only its finishes are used
+	now := time.Now()
+	var ins []store.InsertParams
+	for range 3 {
+		ins = append(ins, store.InsertParams{Kind: "k", Key: "key", MaxAttempts: 1})
+	}
+	if _, err := a.InsertMany(t.Context(), store.InsertManyParams{Now: now, Jobs: ins, IdempotencySince: now.Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	finish := func(s *Store, j *store.Job) {
+		t.Helper()
+		res, err := s.FinishMany(t.Context(), store.FinishManyParams{Now: time.Now(), Finishes: []store.FinishParams{
+			{ID: j.ID, Owner: "a", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}}})
+		if err != nil || res[0].Fenced {
+			t.Fatalf("finish job %d: %+v, %v", j.ID, res, err)
+		}
+	}
+	var ids []int64
+	for i, s := range []*Store{a, b, a} { // remembered key, looked-up key, remembered again
+		jobs, err := claimOne(t, a, "a")
+		if err != nil || len(jobs) != 1 {
+			t.Fatalf("claim %d: %v, %v", i, jobs, err)
+		}
+		a.keysMu.Lock()
+		key, ok := a.claimedKeys[jobs[0].ID]
+		a.keysMu.Unlock()
+		if !ok || key != "key" {
+			t.Fatalf("claim %d: store remembers key %q (%v)", i, key, ok)
+		}
+		finish(s, jobs[0])
+		ids = append(ids, jobs[0].ID)
+	}
+	if ids[0] >= ids[1] || ids[1] >= ids[2] {
+		t.Errorf("jobs ran in order %v, want ascending ids", ids)
+	}
+	a.keysMu.Lock()
+	defer a.keysMu.Unlock()
+	// The job b finished stays remembered by a (a never saw its outcome);
+	// the two a finished are forgotten.
+	if len(a.claimedKeys) != 1 {
+		t.Errorf("store remembers %d keys after the finishes, want 1 (the job another store finished): %v", len(a.claimedKeys), a.claimedKeys)
+	}
+	if _, ok := a.claimedKeys[ids[1]]; !ok {
+		t.Errorf("store forgot job %d, which another store finished", ids[1])
+	}
+}

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -136,15 +137,27 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		return nil, err
 	}
 	var (
-		b        pgx.Batch
-		lockKeys []string
-		finIDs   = make([]int64, len(p.Finishes))
+		b          pgx.Batch
+		insertKeys []string
+		finIDs     []int64 // outcomes whose key the database must tell
 	)
 	for _, i := range plan.fresh {
-		lockKeys = append(lockKeys, p.Inserts[i].Key)
+		insertKeys = append(insertKeys, p.Inserts[i].Key)
 	}
-	for i, f := range p.Finishes {
-		finIDs[i] = f.ID
+	slices.Sort(insertKeys)
+	insertKeys = slices.Compact(insertKeys)
+	lockKeys := insertKeys
+	if len(p.Finishes) > 0 {
+		lockKeys = slices.Clone(insertKeys)
+		s.keysMu.Lock()
+		for _, f := range p.Finishes {
+			if key, ok := s.claimedKeys[f.ID]; ok {
+				lockKeys = append(lockKeys, key)
+			} else {
+				finIDs = append(finIDs, f.ID)
+			}
+		}
+		s.keysMu.Unlock()
 	}
 	if len(lockKeys) > 0 || len(finIDs) > 0 {
 		b.Queue(s.sql.lockKeys, s.lockSeed, lockKeys, finIDs)
@@ -156,7 +169,7 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	moved := map[int64]time.Time{}
 	if len(plan.fresh) > 0 {
 		inserted = s.queueInsert(&b, p, plan.fresh)
-		b.Queue(s.sql.keepBehind, lockKeys).Query(func(rows pgx.Rows) error {
+		b.Queue(s.sql.keepBehind, insertKeys, p.Now).Query(func(rows pgx.Rows) error {
 			var id int64
 			var due time.Time
 			_, err := pgx.ForEachRow(rows, []any{&id, &due}, func() error {
@@ -182,6 +195,14 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		}
 		return nil, err
 	}
+	s.keysMu.Lock()
+	for _, f := range p.Finishes {
+		delete(s.claimedKeys, f.ID)
+	}
+	for _, j := range res.Claimed {
+		s.claimedKeys[j.ID] = j.Key
+	}
+	s.keysMu.Unlock()
 	for n, i := range plan.fresh {
 		if due, ok := moved[inserted[n].Job.ID]; ok {
 			inserted[n].Job.DueAt = due
@@ -263,7 +284,10 @@ func (s *Store) queueInsert(b *pgx.Batch, p store.ExchangeParams, fresh []int) [
 // queueFinish queues the outcomes; the returned set (ids whose outcome
 // took effect) is filled in when the batch is read.
 func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool {
-	n := len(p.Finishes)
+	// In id order, as renewals take their row locks.
+	fins := slices.Clone(p.Finishes)
+	slices.SortStableFunc(fins, func(a, b store.FinishParams) int { return cmp.Compare(a.ID, b.ID) })
+	n := len(fins)
 	var (
 		ids, tokens  = make([]int64, n), make([]int64, n)
 		owners, errs = make([]string, n), make([]string, n)
@@ -272,7 +296,7 @@ func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool
 		outputs      = make([][]byte, n)
 		block        = make([]bool, n)
 	)
-	for i, f := range p.Finishes {
+	for i, f := range fins {
 		ids[i], tokens[i], owners[i], errs[i] = f.ID, f.LeaseToken, f.Owner, f.Error
 		outcomes[i] = int16(f.Outcome) //nolint:gosec // validated in Exchange
 		retryAt[i] = ts(f.RetryAt)

@@ -87,6 +87,14 @@ type Store struct {
 
 	repairMu   sync.Mutex
 	lastRepair time.Time // RepairLines' last run from Rescue
+
+	// claimedKeys holds the key of every job this store claimed and has not
+	// yet been handed an outcome for, so an exchange locks a finished job's
+	// key without asking the database for it (keys never change). An
+	// outcome for a job claimed elsewhere (or before a restart) still
+	// looks its key up.
+	keysMu      sync.Mutex
+	claimedKeys map[int64]string
 }
 
 var (
@@ -138,6 +146,8 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 		log:      opts.Logger,
 		lockSeed: int64(h.Sum64()), //nolint:gosec // the bits are the seed
 		channel:  "herald_" + opts.Schema,
+
+		claimedKeys: map[int64]string{},
 	}
 	s.sql = render(opts.Schema)
 	s.pool, err = pgxpool.NewWithConfig(ctx, cfg)

@@ -93,7 +93,7 @@ func (s *Store) RepairLines(ctx context.Context) (LineRepair, error) {
 		b.Queue(s.q(repairUnblockSQL), keys).Exec(count(&rep.Unblocked))
 		b.Queue(s.q(repairAdvanceSQL), keys).QueryRow(func(r pgx.Row) error { return r.Scan(&rep.Advanced) })
 		b.Queue(s.q(repairCreateSQL), keys).Exec(count(&rep.Created))
-		b.Queue(s.sql.keepBehind, keys).Exec(count(&rep.Moved))
+		b.Queue(s.sql.keepBehind, keys, time.Time{}).Exec(count(&rep.Moved))
 		if !s.pollOnly {
 			b.Queue(s.sql.notify, s.channel)
 		}

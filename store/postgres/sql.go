@@ -54,7 +54,12 @@ func render(schema string) statements {
 		nextRunAt: r(`SELECT least(
 			(SELECT min(run_at) FROM _s.lines WHERE kind = ANY($1::text[]) AND blocked = 0),
 			(SELECT min(run_at) FROM _s.jobs WHERE key = '' AND kind = ANY($1::text[]) AND state IN (0, 1, 3)))`),
-		renew:      r(`UPDATE _s.jobs SET lease_until = $2 WHERE state = 2 AND lease_owner = $1`),
+		// Row locks in id order, as the finish takes them (Exchange sorts
+		// outcomes by id): a renewal and a finish of the same node
+		// running at once never wait for each other in a cycle.
+		renew: r(`UPDATE _s.jobs j SET lease_until = $2 FROM (
+			SELECT id FROM _s.jobs WHERE state = 2 AND lease_owner = $1 ORDER BY id FOR NO KEY UPDATE) r
+			WHERE j.id = r.id`),
 		rescueFind: r(`SELECT id FROM _s.jobs WHERE state = 2 AND lease_until < $1`),
 		rescue:     r(rescueSQL),
 		elect: r(`INSERT INTO _s.leader AS l (name, owner, until) VALUES ('maintenance', $1, now() + $2::int8 * interval '1 millisecond')
@@ -65,7 +70,8 @@ func render(schema string) statements {
 }
 
 // lockKeysSQL takes the advisory lock of every line a transaction writes:
-// the keys of jobs it inserts ($2) and of jobs it finishes ($3), in sorted
+// the keys it names ($2: of jobs it inserts, and of jobs it finishes whose
+// key the store knows) and of jobs it finishes by id ($3), in sorted
 // order so two transactions never wait for each other in a cycle. The
 // locks cover keys that have no line yet, which row locks cannot.
 const lockKeysSQL = `SELECT count(*) FROM (
@@ -82,6 +88,13 @@ const lockKeysSQL = `SELECT count(*) FROM (
 // not running, not blocked and due later gives the newcomer its place
 // (a started head is never due later than a newcomer, so it keeps it).
 // Ids come from the identity in insertion (ord) order.
+//
+// A line that would refuse its newcomer (blocked, or headed by an earlier
+// job: the common case) is left out before the upsert, which would
+// otherwise lock and log every such line row only to leave it unchanged.
+// Its snapshot is current enough: under the key's advisory lock nobody
+// else moves the line's head or unblocks it, and a claim (which takes no
+// key lock) only blocks it, which the upsert's own test sees.
 const insertSQL = `WITH src AS (
 	SELECT * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::int2[], $7::int4[], $8::text[])
 		WITH ORDINALITY AS s(kind, key, payload, due, state, max_attempts, idem, ord)
@@ -93,7 +106,10 @@ const insertSQL = `WITH src AS (
 	SELECT DISTINCT ON (key) key, id, kind, run_at, due_at FROM ins WHERE key <> '' ORDER BY key, due_at, id
 ), placed AS (
 	INSERT INTO _s.lines AS l (key, head_id, kind, run_at, due_at)
-	SELECT key, id, kind, run_at, due_at FROM arrivals ORDER BY key
+	SELECT a.key, a.id, a.kind, a.run_at, a.due_at FROM arrivals a
+	WHERE NOT EXISTS (SELECT 1 FROM _s.lines x WHERE x.key = a.key
+		AND (x.blocked <> 0 OR (a.due_at, a.id) >= (x.due_at, x.head_id)))
+	ORDER BY a.key
 	ON CONFLICT (key) DO UPDATE SET head_id = excluded.head_id, kind = excluded.kind,
 		run_at = excluded.run_at, due_at = excluded.due_at
 	WHERE l.blocked = 0 AND (excluded.due_at, excluded.head_id) < (l.due_at, l.head_id)
@@ -101,17 +117,21 @@ const insertSQL = `WITH src AS (
 )
 SELECT ins.id, ins.key = '' OR ins.id IN (SELECT head_id FROM placed) FROM ins ORDER BY ins.id`
 
-// keepBehindSQL moves any job of the given keys' lines that stands ahead
-// of its line's head to just behind it, so the line's advance (which looks
-// after the head) will find it. A newcomer can land there when its due
-// time, taken from its node's clock before it waited for the key's lock,
-// is earlier than a head that was already running or blocked, or that a
-// claim took while the newcomer was being placed.
+// keepBehindSQL moves any job of the given keys' lines due at or after $2
+// that stands ahead of its line's head to just behind it, so the line's
+// advance (which looks after the head) will find it. A newcomer can land
+// there when its due time, taken from its node's clock before it waited
+// for the key's lock, is earlier than a head that was already running or
+// blocked, or that a claim took while the newcomer was being placed. An
+// exchange passes its own time as $2 (its newcomers are due then or
+// later): the index scan then starts at the newcomers instead of reading
+// every older entry of the key (without a vacuum, the dead versions of
+// the key's finished jobs too). RepairLines passes the zero time.
 const keepBehindSQL = `UPDATE _s.jobs j
 SET due_at = l.due_at + CASE WHEN j.id < l.head_id THEN interval '1 microsecond' ELSE interval '0' END
 FROM _s.lines l
 WHERE l.key = ANY($1::text[]) AND j.key = l.key AND j.key <> '' AND j.state < 4 AND j.id <> l.head_id
-	AND (j.due_at, j.id) < (l.due_at, l.head_id)
+	AND (j.due_at, j.id) < (l.due_at, l.head_id) AND j.due_at >= $2
 RETURNING j.id, j.due_at`
 
 // finishSQL records outcomes of attempts still leased to the finisher
