@@ -112,7 +112,8 @@ func (s *Server) handleEnqueue(w http.ResponseWriter, r *http.Request) {
 
 // writeJob answers with j, written by the fast writer when it can.
 func writeJob(w http.ResponseWriter, status int, j *herald.Job) {
-	buf := make([]byte, 0, 512+len(j.Payload)+len(j.Output))
+	// A new job's fixed part (numbers, state, two timestamps) is under 256 bytes.
+	buf := make([]byte, 0, 256+len(j.Kind)+len(j.Key)+len(j.Payload)+len(j.Output))
 	if b, ok := appendJobJSON(buf, j); ok {
 		writeJSONBytes(w, status, append(b, '\n'))
 		return
