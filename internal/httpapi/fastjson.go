@@ -229,8 +229,8 @@ func (s *fastScanner) skipValue(depth int) bool {
 	if s.pos >= len(s.data) {
 		return false
 	}
-	switch c := s.data[s.pos]; {
-	case c == '{':
+	switch s.data[s.pos] {
+	case '{':
 		if depth >= fastMaxDepth {
 			return false
 		}
@@ -246,7 +246,7 @@ func (s *fastScanner) skipValue(depth int) bool {
 				return s.consume('}')
 			}
 		}
-	case c == '[':
+	case '[':
 		if depth >= fastMaxDepth {
 			return false
 		}
@@ -262,13 +262,13 @@ func (s *fastScanner) skipValue(depth int) bool {
 				return s.consume(']')
 			}
 		}
-	case c == '"':
+	case '"':
 		return s.skipString()
-	case c == 't':
+	case 't':
 		return s.skipLiteral("true")
-	case c == 'f':
+	case 'f':
 		return s.skipLiteral("false")
-	case c == 'n':
+	case 'n':
 		return s.skipLiteral("null")
 	default:
 		return s.skipNumber()
