@@ -275,8 +275,8 @@ func (s *fastScanner) skipValue(depth int) bool {
 	}
 }
 
-// int reads an integer without fraction or exponent, small enough to need
-// no overflow check.
+// int reads an integer without fraction or exponent, of at most 9 digits:
+// small enough to need no overflow check even where int has 32 bits.
 func (s *fastScanner) int() (int, bool) {
 	s.skipSpace()
 	start := s.pos
@@ -288,7 +288,7 @@ func (s *fastScanner) int() (int, bool) {
 	if neg {
 		d = d[1:]
 	}
-	if len(d) > 15 {
+	if len(d) > 9 {
 		return 0, false
 	}
 	n := 0

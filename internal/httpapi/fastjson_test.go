@@ -40,6 +40,8 @@ var enqueueBodies = []struct {
 	{`{"kind":"noop","payload":{},"extra":1}`, false},
 	{`{"kind":"noop","payload":{},"max_attempts":1.0}`, false},
 	{`{"kind":"noop","payload":{},"max_attempts":1e2}`, false},
+	{`{"kind":"noop","payload":{},"max_attempts":999999999}`, true},
+	{`{"kind":"noop","payload":{},"max_attempts":1000000000}`, false}, // 10 digits: encoding/json checks the range
 	{`{"kind":"noop","payload":{},"max_attempts":99999999999999999999}`, false},
 	{`{"kind":"noop","payload":01}`, false},
 	{`{"kind":"noop","payload":{"a":1,}}`, false},
