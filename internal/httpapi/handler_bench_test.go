@@ -57,6 +57,7 @@ func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 // benchmarkPost serves POST path with body b.N times through the API's
 // root handler, as bench http's and wrk's requests are.
 func benchmarkPost(b *testing.B, path string, body []byte, jobs int) {
+	b.Helper()
 	s := New(&stubClient{}, Options{})
 	h := s.Handler()
 	u := &url.URL{Path: path}
