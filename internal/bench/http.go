@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -59,18 +60,23 @@ func HTTP(ctx context.Context, o Options, requests, conns, batch int) (HTTPResul
 		_ = srv.Shutdown(sctx)
 	}()
 
-	url := "http://" + ln.Addr().String() + "/v1/jobs"
+	path := "/v1/jobs"
 	if batch > 1 {
-		url += "/batch"
+		path += "/batch"
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns}}
-	defer client.CloseIdleConnections()
+	addr := ln.Addr().String()
 	lat := make([]time.Duration, requests)
 	var next, failed atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range conns {
 		wg.Go(func() {
+			// Each connection is a plain keep-alive HTTP/1.1 client over its
+			// own TCP connection, as wrk's are: net/http's Transport costs
+			// two goroutines per connection and a hand-off per request, CPU
+			// that this machine's server would otherwise have.
+			c := &loadConn{addr: addr, path: path}
+			defer c.close()
 			var buf bytes.Buffer
 			for {
 				i := int(next.Add(1) - 1)
@@ -80,21 +86,10 @@ func HTTP(ctx context.Context, o Options, requests, conns, batch int) (HTTPResul
 				buf.Reset()
 				body(&buf, i, batch)
 				t0 := time.Now()
-				req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(buf.Bytes()))
-				if err != nil {
+				status, err := c.post(ctx, buf.Bytes())
+				if err != nil || status != http.StatusCreated {
 					failed.Add(1)
 					continue
-				}
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := client.Do(req)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				_ = resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
-					failed.Add(1)
 				}
 				lat[i] = time.Since(t0)
 			}
@@ -136,4 +131,62 @@ func body(buf *bytes.Buffer, i, batch int) {
 		job(i*batch + j)
 	}
 	buf.WriteString(`]}`)
+}
+
+// loadConn is one keep-alive connection of the load generator. It writes
+// requests itself and reads answers with http.ReadResponse; on any error it
+// drops the connection, and the next request dials again.
+type loadConn struct {
+	addr, path string
+	conn       net.Conn
+	r          *bufio.Reader
+	stop       func() bool // stops the AfterFunc that closes conn on cancel
+	head       []byte
+}
+
+// post sends body as one POST and returns the answer's status once the
+// whole answer is read.
+func (c *loadConn) post(ctx context.Context, body []byte) (int, error) {
+	if c.conn == nil {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", c.addr)
+		if err != nil {
+			return 0, err
+		}
+		c.conn, c.r = conn, bufio.NewReaderSize(conn, 16<<10)
+		// A canceled run unblocks a connection waiting for its answer.
+		c.stop = context.AfterFunc(ctx, func() { _ = conn.Close() })
+	}
+	c.head = append(c.head[:0], "POST "...)
+	c.head = append(c.head, c.path...)
+	c.head = append(c.head, " HTTP/1.1\r\nHost: "...)
+	c.head = append(c.head, c.addr...)
+	c.head = append(c.head, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+	c.head = strconv.AppendInt(c.head, int64(len(body)), 10)
+	c.head = append(c.head, "\r\n\r\n"...)
+	bufs := net.Buffers{c.head, body}
+	if _, err := bufs.WriteTo(c.conn); err != nil {
+		c.close()
+		return 0, err
+	}
+	resp, err := http.ReadResponse(c.r, nil)
+	if err != nil {
+		c.close()
+		return 0, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	if cerr := resp.Body.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil || resp.Close {
+		c.close()
+	}
+	return resp.StatusCode, err
+}
+
+func (c *loadConn) close() {
+	if c.conn != nil {
+		c.stop()
+		_ = c.conn.Close()
+		c.conn = nil
+	}
 }

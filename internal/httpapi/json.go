@@ -39,10 +39,24 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 		b = []byte(`{"error":{"code":"internal","message":"cannot encode the response"}}`)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	writeJSONBytes(w, status, append(b, '\n'))
+}
+
+// Header values shared by every answer. net/http only reads them, and a
+// handler that adds a value appends to a slice at capacity, which copies;
+// so sharing them saves two allocations per answer.
+var (
+	headerJSON    = []string{"application/json"}
+	headerNoSniff = []string{"nosniff"}
+)
+
+// writeJSONBytes writes b, an encoded JSON answer ending in a newline.
+func writeJSONBytes(w http.ResponseWriter, status int, b []byte) {
+	h := w.Header()
+	h["Content-Type"] = headerJSON
+	h["X-Content-Type-Options"] = headerNoSniff
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(b)
 }
 
 func writeError(w http.ResponseWriter, status int, e apiError) {
@@ -62,6 +76,9 @@ func badRequest(code, field, format string, args ...any) *statusError {
 // jsonContentType checks a request's Content-Type: application/json, with
 // an optional charset that must be UTF-8.
 func jsonContentType(header string) (string, bool) {
+	if header == "application/json" {
+		return "", true // what nearly every client sends; mime's parse allocates
+	}
 	if header == "" {
 		return "Content-Type must be application/json", false
 	}
@@ -77,7 +94,7 @@ func jsonContentType(header string) (string, bool) {
 
 // readBody reads the (already size-limited) request body.
 func readBody(r *http.Request) ([]byte, *statusError) {
-	body, err := io.ReadAll(r.Body)
+	body, err := readAll(r.Body, r.ContentLength)
 	if err != nil {
 		if maxErr, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, &statusError{status: http.StatusRequestEntityTooLarge, apiError: apiError{
@@ -96,6 +113,30 @@ func readBody(r *http.Request) ([]byte, *statusError) {
 		return nil, badRequest("empty_body", "", "the request body is empty; send a JSON object")
 	}
 	return body, nil
+}
+
+// readAll is io.ReadAll with a first buffer sized for the declared length
+// (capped: the declaration may lie), so a body is read without regrowing
+// and copying the buffer. The extra byte lets the final read see EOF.
+func readAll(r io.Reader, declared int64) ([]byte, error) {
+	size := int64(512) // unknown length: io.ReadAll's start
+	if declared > 0 {
+		size = min(declared, 1<<20) + 1
+	}
+	b := make([]byte, 0, size)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 // decodeObject decodes one JSON object from data into v, refusing unknown

@@ -343,13 +343,20 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		case rec.status >= 400:
 			level = slog.LevelInfo
 		}
-		s.opts.Logger.LogAttrs(r.Context(), level, "http request",
-			slog.String("method", r.Method),
-			slog.String("route", route),
-			slog.Int("status", rec.status),
-			slog.Duration("duration", time.Since(start)),
-		)
-		s.opts.Logger.LogAttrs(r.Context(), slog.LevelDebug, "http request path", slog.String("path", r.URL.Path))
+		// Checked first: at the default levels most records are dropped,
+		// and building them costs more than the check.
+		ctx := r.Context()
+		if s.opts.Logger.Enabled(ctx, level) {
+			s.opts.Logger.LogAttrs(ctx, level, "http request",
+				slog.String("method", r.Method),
+				slog.String("route", route),
+				slog.Int("status", rec.status),
+				slog.Duration("duration", time.Since(start)),
+			)
+		}
+		if s.opts.Logger.Enabled(ctx, slog.LevelDebug) {
+			s.opts.Logger.LogAttrs(ctx, slog.LevelDebug, "http request path", slog.String("path", r.URL.Path))
+		}
 	})
 }
 
