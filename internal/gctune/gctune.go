@@ -86,6 +86,10 @@ func (t *Tuner) Percent(live uint64) int {
 	if live == 0 {
 		return p
 	}
+	// A GOGC below 1 (or off) is not the tuner's to raise.
+	if p < 1 {
+		return p
+	}
 	if want := t.headroom * 100 / live; want > uint64(p) {
 		p = int(min(want, maxPercent))
 	}

@@ -33,6 +33,9 @@ func TestPercent(t *testing.T) {
 			t.Errorf("Percent(%d) = %d; want %d", tc.live, got, tc.want)
 		}
 	}
+	if got := (&Tuner{headroom: 128 << 20, base: -1}).Percent(1 << 20); got != -1 {
+		t.Errorf("with the collector off (GOGC=-1 set by the program) Percent = %d; want -1", got)
+	}
 	if got := (&Tuner{headroom: 1, base: 150}).Percent(1 << 20); got != 150 {
 		t.Errorf("a base above what headroom asks for = %d; want the base, 150", got)
 	}
