@@ -364,15 +364,17 @@ func (r Result) Summary() string {
 
 // harness is one run's state.
 type harness struct {
-	cfg      Config
-	log      *slog.Logger
-	rnd      *rand.Rand
-	dir      string
-	nodes    []*process
-	sink     *process
-	sinkLogs []sinkLog
-	pg       *postgres
-	faults   []history.Fault
+	cfg   Config
+	log   *slog.Logger
+	rnd   *rand.Rand
+	dir   string
+	nodes []*process
+	// confirmedDead: poison uids herald reports discarded after the drain.
+	confirmedDead map[int64]bool
+	sink          *process
+	sinkLogs      []sinkLog
+	pg            *postgres
+	faults        []history.Fault
 	// faultKinds[i] is the kind of faults[i].
 	faultKinds []string
 	sinkFaults Faults   // the sink's current faults
@@ -843,14 +845,16 @@ func (h *harness) backlog(ctx context.Context) (int64, error) {
 	return st.ByState["scheduled"] + st.ByState["available"] + st.ByState["running"] + st.ByState["retryable"], nil
 }
 
-// poisonDiscarded asks herald how each acknowledged poison job ended and
-// counts those discarded.
+// poisonDiscarded asks herald how each acknowledged poison job ended,
+// counts those discarded and remembers their uids for the checker (their
+// attempts may all have failed before reaching the sink).
 func (h *harness) poisonDiscarded(ctx context.Context) (int, error) {
 	h.wl.mu.Lock()
-	ids := slices.Collect(maps.Values(h.wl.poisonJobs))
+	jobs := maps.Clone(h.wl.poisonJobs)
 	h.wl.mu.Unlock()
+	h.confirmedDead = map[int64]bool{}
 	n := 0
-	for _, id := range ids {
+	for uid, id := range jobs {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/v1/jobs/%d", h.nodes[0].addr, id), nil)
 		if err != nil {
 			return 0, err
@@ -870,6 +874,7 @@ func (h *harness) poisonDiscarded(ctx context.Context) (int, error) {
 		}
 		if j.State == "discarded" {
 			n++
+			h.confirmedDead[uid] = true
 		} else {
 			h.log.Warn("poison job not discarded", "job", id, "state", j.State, "attempt", j.Attempt)
 		}
@@ -916,7 +921,7 @@ func (h *harness) judge(res Result) (Result, error) {
 		expectDead[uid] = true
 	}
 	rep := history.Check(wl.acks, recs, history.Options{
-		ExpectDeadLettered: expectDead, Indeterminate: wl.indeterminate, Faults: slices.Clip(append([]history.Fault{}, h.faults...)),
+		ExpectDeadLettered: expectDead, ConfirmedDead: h.confirmedDead, Indeterminate: wl.indeterminate, Faults: slices.Clip(append([]history.Fault{}, h.faults...)),
 	})
 	res.Report = rep
 	res.Sent, res.Acked, res.Refused, res.Rejected, res.Indeterminate = int(wl.sent.Load()), len(wl.acks), wl.refused, wl.rejected, len(wl.indeterminate)

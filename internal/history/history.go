@@ -111,6 +111,12 @@ type Options struct {
 	// counted as DeadLettered instead of Lost, provided at least one of its
 	// attempts Failed; with no failed attempt it is still Lost.
 	ExpectDeadLettered map[int64]bool
+	// ConfirmedDead holds ids the system under test itself reports as
+	// dead-lettered once the run is over. An id both expected and
+	// confirmed dead counts as DeadLettered even with no Failed attempt
+	// recorded: every attempt can fail before it reaches the recorder
+	// (a webhook receiver that is down refuses the connection).
+	ConfirmedDead map[int64]bool
 	// Indeterminate holds ids whose enqueue request was sent but whose answer
 	// was never received. If such an id was not acknowledged, delivering it
 	// or not is equally fine. An acknowledged id is checked normally.
@@ -338,7 +344,7 @@ func Check(acks []Ack, recs []Record, opts Options) Report {
 			if st.succeeded > 1 {
 				dups = append(dups, id)
 			}
-		case st.failed && opts.ExpectDeadLettered[id]:
+		case opts.ExpectDeadLettered[id] && (st.failed || opts.ConfirmedDead[id]):
 			rep.DeadLettered++
 		default:
 			lost = append(lost, id)

@@ -231,6 +231,18 @@ func TestCheck(t *testing.T) {
 			want: counts{Acknowledged: 1, Lost: 1, LostIDs: []int64{1}},
 		},
 		{
+			name: "expected and confirmed dead-lettered, no attempt recorded",
+			acks: acks("poison", 1),
+			opts: history.Options{ExpectDeadLettered: map[int64]bool{1: true}, ConfirmedDead: map[int64]bool{1: true}},
+			want: counts{Acknowledged: 1, DeadLettered: 1, OK: true},
+		},
+		{
+			name: "confirmed dead but not expected is lost",
+			acks: acks("a", 1),
+			opts: history.Options{ConfirmedDead: map[int64]bool{1: true}},
+			want: counts{Acknowledged: 1, Lost: 1, LostIDs: []int64{1}},
+		},
+		{
 			name: "expected dead-lettered but succeeded is delivered",
 			acks: acks("poison", 1),
 			recs: []history.Record{ok(1, "poison", 1, 0, 10)},
