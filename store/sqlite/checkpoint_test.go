@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,12 +17,7 @@ import (
 func TestCheckpointerKeepsWALSmall(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "herald.db")
-	s, err := Open(ctx, path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close() //nolint:errcheck // test
+	s := openTest(t)
 	payload := json.RawMessage(`"` + strings.Repeat("x", 2000) + `"`)
 	const rounds, batch = 20, 1000 // ~40 MiB of payload, ~80 MiB of WAL in all
 	for r := range rounds {
@@ -41,7 +35,7 @@ func TestCheckpointerKeepsWALSmall(t *testing.T) {
 	if s.ckpt.runs.Load() == 0 {
 		t.Fatal("the checkpointer never ran")
 	}
-	fi, err := os.Stat(path + "-wal")
+	fi, err := os.Stat(s.path + "-wal")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -151,7 +151,7 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		// Any row written carries the highest id handed out so far: the
 		// table's highest rowid is lastID again (a cycle of idempotent
 		// repeats only leaves it as it was).
-		s.rowidIsLastID = s.rowidIsLastID || s.insertedAny(res.Inserted)
+		s.rowidIsLastID = s.rowidIsLastID || insertedAny(res.Inserted)
 	}
 	// Only a committed transaction changes what this process runs. A
 	// completion is shown by the log before its claim goes, so a reader

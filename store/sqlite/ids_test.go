@@ -49,17 +49,8 @@ func TestIDsNotReusedAfterPruneAndReopen(t *testing.T) {
 			t.Fatalf("ids of one batch are not consecutive: %v", first)
 		}
 	}
-	claimed, err := s.Claim(ctx, store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
-		Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
-	if err != nil || len(claimed) != len(first) {
-		t.Fatalf("Claim = %d jobs, %v; want %d", len(claimed), err, len(first))
-	}
-	fs := make([]store.FinishParams, len(claimed))
-	for i, j := range claimed {
-		fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
-	}
-	if _, err := s.FinishMany(ctx, store.FinishManyParams{Now: now, Finishes: fs}); err != nil {
-		t.Fatal(err)
+	if n := completeAll(t, s, now); n != len(first) {
+		t.Fatalf("completed %d jobs; want %d", n, len(first))
 	}
 	n, err := s.Prune(ctx, store.PruneParams{CompletedBefore: now.Add(time.Hour), Limit: 1000})
 	if err != nil || n != len(first) {
@@ -107,11 +98,7 @@ func TestPruneEmptyDatabase(t *testing.T) {
 func TestRowIDsFollowStore(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, err := Open(ctx, filepath.Join(t.TempDir(), "herald.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close() //nolint:errcheck // test
+	s := openTest(t)
 	now := time.Now()
 	batch := 0
 	insert := func(n int) ([]int64, error) {
@@ -146,32 +133,11 @@ func TestRowIDsFollowStore(t *testing.T) {
 		}
 		return ids
 	}
-	drain := func() {
-		t.Helper()
-		for {
-			claimed, err := s.Claim(ctx, store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
-				Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(claimed) == 0 {
-				return
-			}
-			fs := make([]store.FinishParams, len(claimed))
-			for i, j := range claimed {
-				fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
-			}
-			if _, err := s.FinishMany(ctx, store.FinishManyParams{Now: now, Finishes: fs}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-
 	if !s.rowidIsLastID {
 		t.Fatal("a fresh store names ids explicitly")
 	}
 	first := mustInsert(100)
-	drain()
+	completeAll(t, s, now)
 	if n, err := s.Prune(ctx, store.PruneParams{CompletedBefore: now.Add(time.Hour), Limit: 1000}); err != nil || n != 100 {
 		t.Fatalf("Prune = %d, %v; want 100", n, err)
 	}
@@ -189,7 +155,7 @@ func TestRowIDsFollowStore(t *testing.T) {
 
 	// Break the invariant behind the store's back: the rows go, the flag
 	// stays. The insert must fail and store nothing; the next one works.
-	drain()
+	completeAll(t, s, now)
 	if _, err := s.Prune(ctx, store.PruneParams{CompletedBefore: now.Add(time.Hour), Limit: 1000}); err != nil {
 		t.Fatal(err)
 	}
@@ -203,5 +169,31 @@ func TestRowIDsFollowStore(t *testing.T) {
 	}
 	if ids := mustInsert(10); ids[0] <= lastBefore {
 		t.Fatalf("id %d after a failed insert reuses one handed out before (%d)", ids[0], lastBefore)
+	}
+}
+
+// completeAll claims and completes every job of kind "k" that is ready at
+// now, line by line, and returns how many it completed.
+func completeAll(t *testing.T, s *Store, now time.Time) int {
+	t.Helper()
+	ctx := context.Background()
+	total := 0
+	for {
+		claimed, err := s.Claim(ctx, store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(claimed) == 0 {
+			return total
+		}
+		fs := make([]store.FinishParams, len(claimed))
+		for i, j := range claimed {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		if _, err := s.FinishMany(ctx, store.FinishManyParams{Now: now, Finishes: fs}); err != nil {
+			t.Fatal(err)
+		}
+		total += len(claimed)
 	}
 }

@@ -70,7 +70,7 @@ type Store struct {
 
 // insertedAny says whether a cycle wrote a new row (rather than only
 // returning jobs that held their idempotency keys).
-func (s *Store) insertedAny(res []store.InsertResult) bool {
+func insertedAny(res []store.InsertResult) bool {
 	for _, r := range res {
 		if !r.Existing {
 			return true
