@@ -81,9 +81,9 @@ const (
 	// lineHeadsSQL reads the heads of [kh, ...] for placing newcomers.
 	lineHeadsSQL = `SELECT p.value, l.head_id, l.blocked, j.state, j.due_at, j.attempt
 		FROM json_each(?1) p JOIN herald_lines l ON l.kh = p.value JOIN herald_jobs j ON j.id = l.head_id`
-	// newLinesSQL creates lines: [[kh, key, head, kind, run_at], ...].
-	newLinesSQL = `INSERT OR ROLLBACK INTO herald_lines (kh, key, head_id, kind, run_at)
-		SELECT p.value ->> 0, p.value ->> 1, p.value ->> 2, p.value ->> 3, p.value ->> 4 FROM json_each(?1) p`
+	// newLinesSQL creates lines: [[kh, key, head, kind, run_at, blocked], ...].
+	newLinesSQL = `INSERT OR ROLLBACK INTO herald_lines (kh, key, head_id, kind, run_at, blocked)
+		SELECT p.value ->> 0, p.value ->> 1, p.value ->> 2, p.value ->> 3, p.value ->> 4, p.value ->> 5 FROM json_each(?1) p`
 )
 
 // jsonRows builds a JSON array of arrays of int64 and string cells without

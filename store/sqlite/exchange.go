@@ -115,6 +115,10 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
 		defer w.close()
 		w.handOffUpTo(p.Now, p.Claim)
+		// New lines wait for the final flush, so a key's first job is
+		// offered a slot only after the finished heads' successors, which
+		// have waited longer.
+		w.holdNew = p.Claim != nil
 		var err error
 		if res.Inserted, err = w.insert(p); err != nil {
 			return fmt.Errorf("insert: %w", err)
@@ -132,6 +136,7 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 				return fmt.Errorf("fold completions: %w", err)
 			}
 		}
+		w.holdNew = false
 		if err := w.flush(); err != nil {
 			return fmt.Errorf("advance lines: %w", err)
 		}
@@ -208,6 +213,10 @@ type lineWriter struct {
 
 	advance  []finishedHead
 	arrivals map[int64]*arrival // earliest newcomer per line
+	// fresh are the newcomers that open a line (their key had no pending
+	// job), written by flush unless holdNew.
+	fresh   []*arrival
+	holdNew bool
 	newHeads map[int64]bool     // arrivals that became their key's head
 	// arrived holds copies of the inserted jobs per line, for the memo
 	// (nil when it is disabled).
@@ -232,8 +241,9 @@ type lineWriter struct {
 type finishedHead struct{ kh, dueUS, id int64 }
 
 type arrival struct {
-	id, dueUS, runUS int64
-	kind, key        string
+	kh, id, dueUS, runUS int64
+	kind, key            string
+	job                  *store.Job // the inserted job, if this cycle inserted it
 }
 
 func (w *lineWriter) stmt(q string) (*sql.Stmt, error) {
@@ -271,15 +281,16 @@ func (w *lineWriter) close() {
 	}
 }
 
-// arrive notes that job id of key now stands in line at (due, id).
-func (w *lineWriter) arrive(key string, id, dueUS, runUS int64, kind string) {
+// arrive notes that job id of key now stands in line at (due, id). job is
+// the job as inserted, or nil when it rejoins its line.
+func (w *lineWriter) arrive(key string, id, dueUS, runUS int64, kind string, job *store.Job) {
 	if w.arrivals == nil {
 		w.arrivals = map[int64]*arrival{}
 	}
 	kh := lineID(key)
 	a := w.arrivals[kh]
 	if a == nil || dueUS < a.dueUS || (dueUS == a.dueUS && id < a.id) {
-		w.arrivals[kh] = &arrival{id: id, dueUS: dueUS, runUS: runUS, kind: kind, key: key}
+		w.arrivals[kh] = &arrival{kh: kh, id: id, dueUS: dueUS, runUS: runUS, kind: kind, key: key, job: job}
 	}
 }
 
@@ -298,14 +309,44 @@ func (w *lineWriter) flush() error {
 		}
 		w.advance = w.advance[:0]
 	}
-	if len(w.arrivals) == 0 {
+	if len(w.arrivals) > 0 {
+		if err := w.placeArrivals(); err != nil {
+			return err
+		}
+		clear(w.arrivals)
+	}
+	if w.holdNew || len(w.fresh) == 0 {
 		return nil
 	}
-	if err := w.placeArrivals(); err != nil {
-		return err
+	return w.openLines()
+}
+
+// openLines writes the lines of keys that had no pending job. A line whose
+// first job may run now is claimed on the spot, as handOff decides: it is
+// written running and never passes through the ready index, which saves the
+// claim's read and its mark for every job of a key that is not busy.
+func (w *lineWriter) openLines() error {
+	// Oldest first, should slots run short.
+	slices.SortFunc(w.fresh, func(a, b *arrival) int { return cmpPlace(a.runUS, a.id, b.runUS, b.id) })
+	var created jsonRows
+	for _, a := range w.fresh {
+		blocked := 0
+		if a.job != nil {
+			j := *a.job
+			j.Head = true
+			handed, err := w.handOff(a.kh, &j)
+			if err != nil {
+				return err
+			}
+			if handed {
+				blocked = 2
+			}
+		}
+		created.row()
+		created.int(a.kh).str(a.key).int(a.id).str(a.kind).int(a.runUS).int(int64(blocked))
 	}
-	clear(w.arrivals)
-	return nil
+	w.fresh = w.fresh[:0]
+	return w.exec(newLinesSQL, created.String())
 }
 
 // advanceLines moves each finished head's line to its next job, hands
@@ -462,13 +503,12 @@ func (w *lineWriter) placeArrivals() error {
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return err
 	}
-	var created, moves jsonRows
+	var moves jsonRows
 	for _, kh := range khs {
 		a := w.arrivals[kh]
 		h, ok := heads[kh]
 		if !ok {
-			created.row()
-			created.int(kh).str(a.key).int(a.id).str(a.kind).int(a.runUS)
+			w.fresh = append(w.fresh, a)
 			w.headed(a.id)
 			// The key had no pending job: its line holds this cycle's
 			// newcomers only, so the memo can know all of it.
@@ -486,11 +526,6 @@ func (w *lineWriter) placeArrivals() error {
 			continue
 		}
 		w.remember(kh, 0)
-	}
-	if created.rows > 0 {
-		if err := w.exec(newLinesSQL, created.String()); err != nil {
-			return err
-		}
 	}
 	if moves.rows > 0 {
 		return w.exec(moveHeadsSQL, moves.String())
@@ -640,15 +675,15 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		id := w.store.nextID()
 		rows.add(id, in.Kind, in.Key, lineID(in.Key), []byte(in.Payload), state,
 			in.MaxAttempts, dueUS, dueUS, idem, nowUS)
-		if in.Key != "" {
-			w.arrive(in.Key, id, dueUS, dueUS, in.Kind)
-		}
 		results[i] = store.InsertResult{Job: &store.Job{
 			ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
 			State: stateNames[state], MaxAttempts: in.MaxAttempts,
 			RunAt: fromMicros(dueUS), DueAt: fromMicros(dueUS),
 			IdempotencyKey: in.IdempotencyKey, CreatedAt: fromMicros(nowUS),
 		}}
+		if in.Key != "" {
+			w.arrive(in.Key, id, dueUS, dueUS, in.Kind, results[i].Job)
+		}
 	}
 	if err := w.insertRows(rows); err != nil {
 		return nil, err
