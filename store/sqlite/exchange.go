@@ -215,9 +215,9 @@ type lineWriter struct {
 	arrivals map[int64]*arrival // earliest newcomer per line
 	// fresh are the newcomers that open a line (their key had no pending
 	// job), written by flush unless holdNew.
-	fresh   []*arrival
-	holdNew bool
-	newHeads map[int64]bool     // arrivals that became their key's head
+	fresh    []*arrival
+	holdNew  bool
+	newHeads map[int64]bool // arrivals that became their key's head
 	// arrived holds copies of the inserted jobs per line, for the memo
 	// (nil when it is disabled).
 	arrived map[int64][]*store.Job
