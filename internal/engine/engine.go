@@ -79,7 +79,10 @@ type Config struct {
 	CompletedRetention time.Duration
 	DiscardedRetention time.Duration
 	IdempotencyWindow  time.Duration
-	// MaxBatch caps rows per group-commit transaction.
+	// MaxBatch caps rows per group-commit transaction. Defaults to 8,000:
+	// a cycle's cost is mostly the index pages it dirties (about one per
+	// key it touches), so under a flood larger cycles write far fewer pages
+	// per job; a cycle of 8,000 rows still commits in tens of milliseconds.
 	MaxBatch int
 	// OnAttempt, if set, is called after each attempt's outcome is recorded
 	// (e.g. to feed a duration histogram). It must be fast.
@@ -171,7 +174,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.RescueEvery = min(time.Second, cfg.LeaseDuration/4)
 	}
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 2000
+		cfg.MaxBatch = 8000
 	}
 	e := &Engine{
 		cfg:     cfg,
