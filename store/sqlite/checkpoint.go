@@ -21,9 +21,9 @@ const (
 	// defaultCheckpointEvery is how often the checkpointer copies what
 	// was committed since its last run.
 	defaultCheckpointEvery = 250 * time.Millisecond
-	// backstopPages is the writer's own wal_autocheckpoint (256 MiB of
-	// 4 KiB pages): reached only if the checkpointer cannot keep up.
-	backstopPages = 65536
+	// backstopBytes is the writer's own wal_autocheckpoint (in pages of
+	// the database's size): reached only if the checkpointer cannot keep up.
+	backstopBytes = 256 << 20
 )
 
 type checkpointer struct {

@@ -12,7 +12,7 @@ import (
 )
 
 // The checkpointer, not the store loop's commits, copies the WAL into the
-// database: with the writer's own threshold far away (backstopPages), the
+// database: with the writer's own threshold far away (backstopBytes), the
 // WAL stays small only if the checkpointer runs.
 func TestCheckpointerKeepsWALSmall(t *testing.T) {
 	t.Parallel()

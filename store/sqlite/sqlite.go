@@ -11,8 +11,10 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -33,6 +35,9 @@ var migrationFS embed.FS
 
 // ErrLocked means another process holds the database file.
 var ErrLocked = errors.New("sqlite: database is in use by another herald process")
+
+// ErrPageSize means Options.PageSize is not a power of two from 512 to 65536.
+var ErrPageSize = errors.New("sqlite: invalid page size")
 
 // Store is the SQLite driver. Create it with Open.
 type Store struct {
@@ -136,6 +141,56 @@ func (s *Store) repairLines(ctx context.Context) error {
 	return nil
 }
 
+const defaultPageSize = 16384
+
+// create gives a database that does not exist yet its page size, and
+// returns the page size of the database at path. The size must be set
+// before anything is written, and the connection options' journal_mode=WAL
+// would write first (the driver sorts the pragmas).
+func create(ctx context.Context, path string, pageSize int) (int, error) {
+	if size, err := headerPageSize(path); err != nil || size > 0 {
+		return size, err
+	}
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: create: %w", err)
+	}
+	defer db.Close()
+	for _, q := range []string{fmt.Sprintf("PRAGMA page_size = %d", pageSize), "PRAGMA journal_mode = WAL"} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return 0, fmt.Errorf("sqlite: create: %w", err)
+		}
+	}
+	return pageSize, db.Close()
+}
+
+// headerPageSize reads the page size from the database file's header: 0
+// when there is no database yet.
+func headerPageSize(path string) (int, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: %w", err)
+	}
+	defer f.Close()
+	var h [18]byte
+	if _, err := io.ReadFull(f, h[:]); errors.Is(err, io.EOF) {
+		return 0, nil // an empty file: SQLite takes it as a new database
+	} else if err != nil {
+		return 0, fmt.Errorf("sqlite: read %s: %w", path, err)
+	}
+	if string(h[:16]) != "SQLite format 3\x00" {
+		return 0, fmt.Errorf("sqlite: %s is not an SQLite database", path)
+	}
+	size := int(binary.BigEndian.Uint16(h[16:]))
+	if size == 1 {
+		size = 65536
+	}
+	return size, nil
+}
+
 // prepareHot prepares the hot-path statements once on the writer:
 // re-preparing them in every transaction cost more than running them. It
 // runs in Open, before any transaction holds the writer's one connection.
@@ -172,6 +227,15 @@ type Options struct {
 	// client would only turns those 503s into client timeouts, and an
 	// enqueue may wait twice (its batch, then alone). Defaults to 2s.
 	BusyTimeout time.Duration
+	// PageSize is the page size, in bytes, of a database Open creates (a
+	// power of two from 512 to 65536; an existing database keeps its own).
+	// Defaults to 16384: a cycle writes each page it dirties to the WAL
+	// once, and inserts spread over many keys dirty about one page of the
+	// line index per key whatever the page's size, so larger pages write
+	// fewer WAL frames per job (a quarter of 4096's system calls; 16 % less
+	// CPU for batch enqueues, measured). 65536 saves more on batches but
+	// costs single enqueues, whose small cycles rewrite whole pages.
+	PageSize int
 	// LockWait is how long Open waits for the database's advisory lock
 	// before failing with ErrLocked. Not zero because a lock just released
 	// may still be held for a moment by a forked child of the process that
@@ -199,6 +263,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.LockWait <= 0 {
 		opts.LockWait = time.Second
 	}
+	if opts.PageSize == 0 {
+		opts.PageSize = defaultPageSize
+	}
+	if opts.PageSize < 512 || opts.PageSize > 65536 || opts.PageSize&(opts.PageSize-1) != 0 {
+		return nil, fmt.Errorf("%w: %d (want a power of two from 512 to 65536)", ErrPageSize, opts.PageSize)
+	}
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("sqlite: create data directory: %w", err)
@@ -211,13 +281,17 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := flockWithin(ctx, lock, opts.LockWait); err != nil {
 		return nil, errors.Join(fmt.Errorf("%w (%s)", ErrLocked, path), lock.Close())
 	}
+	pageSize, err := create(ctx, path, opts.PageSize)
+	if err != nil {
+		return nil, errors.Join(err, lock.Close())
+	}
 	s := &Store{path: path, lock: lock}
 	s.claims.init()
 	s.done.init()
 	s.foldAt, s.foldChunk = defaultFoldAt, defaultFoldChunk
 	s.memo.init(int64(max(opts.LineMemoMiB, 0)) << 20)
 	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(%d)",
-		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024, backstopPages)
+		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024, backstopBytes/pageSize)
 	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: open: %w", err), s.Close())
