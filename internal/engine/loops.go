@@ -224,8 +224,17 @@ func (e *Engine) run() {
 // get an answer now), and the caller retries the outcomes later.
 func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []finishRequest, claim *store.ClaimParams) (*store.ExchangeResult, error) {
 	p := store.ExchangeParams{Now: now, IdempotencySince: now.Add(-e.idempotencyWindow()), Claim: claim}
-	for _, r := range inserts {
-		p.Inserts = append(p.Inserts, r.jobs...)
+	if len(inserts) == 1 {
+		p.Inserts = inserts[0].jobs // no copy of a lone batch
+	} else if len(inserts) > 1 {
+		rows := 0
+		for _, r := range inserts {
+			rows += len(r.jobs)
+		}
+		p.Inserts = make([]store.InsertParams, 0, rows)
+		for _, r := range inserts {
+			p.Inserts = append(p.Inserts, r.jobs...)
+		}
 	}
 	p.Finishes = make([]store.FinishParams, len(finishes))
 	for i, f := range finishes {

@@ -642,8 +642,14 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	now := p.Now
 	nowUS := micros(now)
 	results := make([]store.InsertResult, len(p.Inserts))
+	jobs := make([]store.Job, len(p.Inserts)) // one allocation for the cycle's answers
 	rows := &pendingRows{auto: w.store.rowidIsLastID,
 		args: make([]any, 0, len(p.Inserts)*insertColumns)}
+	// Boxing an int64 or a string for database/sql allocates; most rows
+	// share these values, so they are boxed once.
+	nowArg := any(nowUS)
+	var kindArg any
+	lastKind := ""
 	for i, in := range p.Inserts {
 		if in.IdempotencyKey != "" {
 			// An earlier row of this batch may hold the same key.
@@ -673,14 +679,22 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 			idem = in.IdempotencyKey
 		}
 		id := w.store.nextID()
-		rows.add(id, in.Kind, in.Key, lineID(in.Key), []byte(in.Payload), state,
-			in.MaxAttempts, dueUS, dueUS, idem, nowUS)
-		results[i] = store.InsertResult{Job: &store.Job{
+		if kindArg == nil || in.Kind != lastKind {
+			kindArg, lastKind = in.Kind, in.Kind
+		}
+		dueArg := nowArg
+		if dueUS != nowUS {
+			dueArg = dueUS
+		}
+		rows.add(id, kindArg, in.Key, lineID(in.Key), []byte(in.Payload), state,
+			in.MaxAttempts, dueArg, dueArg, idem, nowArg)
+		jobs[i] = store.Job{
 			ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
 			State: stateNames[state], MaxAttempts: in.MaxAttempts,
 			RunAt: fromMicros(dueUS), DueAt: fromMicros(dueUS),
 			IdempotencyKey: in.IdempotencyKey, CreatedAt: fromMicros(nowUS),
-		}}
+		}
+		results[i] = store.InsertResult{Job: &jobs[i]}
 		if in.Key != "" {
 			w.arrive(in.Key, id, dueUS, dueUS, in.Kind, results[i].Job)
 		}
