@@ -155,10 +155,9 @@ func create(ctx context.Context, path string, pageSize int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: create: %w", err)
 	}
-	defer db.Close()
 	for _, q := range []string{fmt.Sprintf("PRAGMA page_size = %d", pageSize), "PRAGMA journal_mode = WAL"} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
-			return 0, fmt.Errorf("sqlite: create: %w", err)
+			return 0, errors.Join(fmt.Errorf("sqlite: create: %w", err), db.Close())
 		}
 	}
 	return pageSize, db.Close()
@@ -174,7 +173,7 @@ func headerPageSize(path string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: %w", err)
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // read only: nothing to lose
 	var h [18]byte
 	if _, err := io.ReadFull(f, h[:]); errors.Is(err, io.EOF) {
 		return 0, nil // an empty file: SQLite takes it as a new database

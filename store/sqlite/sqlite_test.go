@@ -37,8 +37,7 @@ func TestOpenRefusesForeignFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s, err := Open(context.Background(), path, Options{}); err == nil {
-		s.Close()
-		t.Fatal("Open accepted a file that is not a database")
+		t.Fatal("Open accepted a file that is not a database", s.Close())
 	}
 	if got, err := os.ReadFile(path); err != nil || string(got) != string(body) {
 		t.Errorf("file now %q, %v; want it untouched", got, err)
