@@ -209,7 +209,12 @@ var _ store.Driver = (*Store)(nil)
 
 // Options tunes Open. The zero value is fine.
 type Options struct {
-	// CacheMiB is SQLite's page cache per connection. Defaults to 64.
+	// CacheMiB is SQLite's page cache per connection. Defaults to 32: the
+	// hot pages (recent jobs, the lines, the ready index) fit, and the
+	// rest is a read from the OS's cache away. Each cached 16 KiB page
+	// costs more than its size in the C heap (64 MiB of them raised the
+	// 5,000,000-job backlog's peak RSS from 324 to 398 MiB), and 32
+	// measured as fast as 64 on throughput and batch enqueues.
 	CacheMiB int
 	// LineMemoMiB bounds the memory that remembers the jobs queued in
 	// lines this process created, so that advancing such a line needs no
@@ -248,7 +253,7 @@ type Options struct {
 // and rescues jobs left running by a previous process.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.CacheMiB <= 0 {
-		opts.CacheMiB = 64
+		opts.CacheMiB = 32
 	}
 	if opts.LineMemoMiB == 0 {
 		opts.LineMemoMiB = 32
