@@ -131,7 +131,7 @@ SELECT ins.id, ins.key = '' OR ins.id IN (SELECT head_id FROM placed) FROM ins O
 const keepBehindSQL = `UPDATE _s.jobs j
 SET due_at = l.due_at + CASE WHEN j.id < l.head_id THEN interval '1 microsecond' ELSE interval '0' END
 FROM _s.lines l
-WHERE l.key = ANY($1::text[]) AND j.key = l.key AND j.key <> '' AND j.state < 4 AND j.id <> l.head_id
+WHERE l.key = ANY($1::text[]) AND j.key = l.key AND j.key <> '' AND j.state IN (0, 1, 3) AND j.id <> l.head_id
 	AND (j.due_at, j.id) < (l.due_at, l.head_id) AND j.due_at >= $2
 RETURNING j.id, j.due_at`
 
@@ -177,7 +177,7 @@ const finishCTEs = `WITH f AS (
 	SELECT d.key, n.id AS head_id, n.kind, n.run_at, n.due_at, 0::int2 AS blocked, true AS next
 	FROM done d LEFT JOIN LATERAL (
 		SELECT x.id, x.kind, x.run_at, x.due_at FROM _s.jobs x
-		WHERE x.key = d.key AND x.key <> '' AND x.state < 4 AND (x.due_at, x.id) > (d.due_at, d.id)
+		WHERE x.key = d.key AND x.key <> '' AND x.state IN (0, 1, 3) AND (x.due_at, x.id) > (d.due_at, d.id)
 		ORDER BY x.due_at, x.id LIMIT 1
 	) n ON true
 	WHERE d.key <> '' AND (d.outcome = 1 OR (d.outcome = 3 AND NOT d.block))
