@@ -159,3 +159,47 @@ func TestFinishAndClaimHandOff(t *testing.T) {
 		})
 	}
 }
+
+// TestHandOffUpdatesLineInPlace: the line write of a hand-off changes no
+// indexed value (the line stays running), so PostgreSQL updates the row
+// in place (a heap-only tuple) instead of adding index entries; a claim
+// that takes a ready line does change them.
+func TestHandOffUpdatesLineInPlace(t *testing.T) {
+	t.Parallel()
+	s, err := Open(t.Context(), pgtest.SchemaURL(t), Options{MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	now := time.Now()
+	if _, err := s.InsertMany(t.Context(), store.InsertManyParams{Now: now, Jobs: []store.InsertParams{
+		{Kind: "k", Key: "key", MaxAttempts: 1}, {Kind: "k", Key: "key", MaxAttempts: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	claim := store.ClaimParams{Now: now, Owner: "n", LeaseUntil: now.Add(time.Hour),
+		Limits: []store.KindLimit{{Kind: "k", Max: 5}}, Max: 5}
+	got, err := s.Claim(t.Context(), claim)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("claim = %v, %v", got, err)
+	}
+	res, err := s.Exchange(t.Context(), store.ExchangeParams{Now: now, Claim: &claim, Finishes: []store.FinishParams{
+		{ID: got[0].ID, Owner: "n", LeaseToken: got[0].LeaseToken, Outcome: store.OutcomeCompleted}}})
+	if err != nil || len(res.Claimed) != 1 {
+		t.Fatalf("finish and claim = %+v, %v", res, err)
+	}
+	// Statistics reach the shared view once the backend that wrote them
+	// goes idle (at most once a second).
+	var upd, hot int64
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err := s.pool.QueryRow(t.Context(), `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+			WHERE schemaname = $1 AND relname = 'lines'`, s.schema).Scan(&upd, &hot); err != nil {
+			t.Fatal(err)
+		}
+		if upd >= 2 {
+			break
+		}
+	}
+	if upd != 2 || hot != 1 {
+		t.Errorf("lines: %d updates, %d in place; want 2 (the claim's and the hand-off's), the hand-off's in place", upd, hot)
+	}
+}

@@ -389,7 +389,7 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	}
 	var oldest *time.Time
 	err = s.pool.QueryRow(ctx, s.q(`SELECT
-		(SELECT count(*) FROM _s.lines WHERE blocked = 0 AND run_at <= $1) +
+		(SELECT count(*) FROM _s.lines WHERE ready_id IS NOT NULL AND ready_at <= $1) +
 		(SELECT count(*) FROM _s.jobs WHERE key = '' AND state IN (0, 1, 3) AND run_at <= $1),
 		(SELECT min(due_at) FROM _s.jobs WHERE state IN (0, 1, 3))`), now).Scan(&st.ReadyKeys, &oldest)
 	if err != nil {

@@ -53,7 +53,7 @@ func render(schema string) statements {
 		notify:      `SELECT pg_notify($1, '')`,
 		get:         r(selectJob + ` WHERE j.id = $1`),
 		nextRunAt: r(`SELECT least(
-			(SELECT min(run_at) FROM _s.lines WHERE kind = ANY($1::text[]) AND blocked = 0),
+			(SELECT min(ready_at) FROM _s.lines WHERE kind = ANY($1::text[]) AND ready_id IS NOT NULL),
 			(SELECT min(run_at) FROM _s.jobs WHERE key = '' AND kind = ANY($1::text[]) AND state IN (0, 1, 3)))`),
 		// Row locks in id order, as the finish takes them (Exchange sorts
 		// outcomes by id): a renewal and a finish of the same node
@@ -227,9 +227,9 @@ SELECT *, true FROM claimed`
 // unordered jobs waiting to run.
 const (
 	readyLinesSQL = `
-		SELECT l.head_id AS id, l.key, l.run_at FROM _s.lines l
-		WHERE l.kind = k.kind AND l.blocked = 0 AND l.run_at <= $1
-		ORDER BY l.run_at, l.head_id LIMIT k.n
+		SELECT l.ready_id AS id, l.key, l.ready_at AS run_at FROM _s.lines l
+		WHERE l.kind = k.kind AND l.ready_id IS NOT NULL AND l.ready_at <= $1
+		ORDER BY l.ready_at, l.ready_id LIMIT k.n
 		FOR NO KEY UPDATE SKIP LOCKED`
 	readyUnorderedSQL = `
 		SELECT j.id, j.key, j.run_at FROM _s.jobs j
