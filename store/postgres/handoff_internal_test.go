@@ -18,11 +18,6 @@ import (
 // again in the same cycle as before.
 func TestFinishAndClaimHandOff(t *testing.T) {
 	t.Parallel()
-	s, err := Open(t.Context(), pgtest.SchemaURL(t), Options{MaxConns: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
 	base := time.Now().Add(-time.Minute)
 
 	type job struct {
@@ -70,7 +65,14 @@ func TestFinishAndClaimHandOff(t *testing.T) {
 			limits: []store.KindLimit{{Kind: "k", Max: 5}}, max: 5, want: []string{"head"}, wantBlocked: 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			key, otherKey := "a-"+tt.name, "b-"+tt.name
+			t.Parallel()
+			// A schema per case: claims see no other case's lines.
+			s, err := Open(t.Context(), pgtest.SchemaURL(t), Options{MaxConns: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Close() })
+			key, otherKey := "a", "b"
 			// Scheduled jobs keep their run_at as due time, so base-relative
 			// times order the lines whatever the insert times.
 			insert := func(key string, j job) *store.Job {
