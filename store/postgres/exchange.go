@@ -180,11 +180,16 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		})
 	}
 	var finished map[int64]bool
-	if len(p.Finishes) > 0 {
-		finished = s.queueFinish(&b, p)
-	}
-	if p.Claim != nil {
-		s.queueClaim(&b, p.Now, *p.Claim, &res.Claimed)
+	switch {
+	case p.Claim != nil && len(p.Finishes) > 0 && !slices.ContainsFunc(p.Finishes, keepsHead):
+		finished = s.queueFinishClaim(&b, p, &res.Claimed)
+	default:
+		if len(p.Finishes) > 0 {
+			finished = s.queueFinish(&b, p)
+		}
+		if p.Claim != nil {
+			s.queueClaim(&b, p.Now, *p.Claim, &res.Claimed)
+		}
 	}
 	if !s.pollOnly && (len(plan.fresh) > 0 || len(p.Finishes) > 0) {
 		b.Queue(s.sql.notify, s.channel)
@@ -281,10 +286,17 @@ func (s *Store) queueInsert(b *pgx.Batch, p store.ExchangeParams, fresh []int) [
 	return results
 }
 
-// queueFinish queues the outcomes; the returned set (ids whose outcome
-// took effect) is filled in when the batch is read.
-func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool {
-	// In id order, as renewals take their row locks.
+// keepsHead reports an outcome that leaves its job at the head of its
+// line (a retry or a release): its line stays ready for the next claim,
+// which the combined finish-and-claim statement cannot be (it would write
+// the job twice).
+func keepsHead(f store.FinishParams) bool {
+	return f.Outcome == store.OutcomeRetry || f.Outcome == store.OutcomeRelease
+}
+
+// finishArgs are finishSQL's parameters for p's outcomes, in id order (as
+// renewals take their row locks).
+func finishArgs(p store.ExchangeParams) []any {
 	fins := slices.Clone(p.Finishes)
 	slices.SortStableFunc(fins, func(a, b store.FinishParams) int { return cmp.Compare(a.ID, b.ID) })
 	n := len(fins)
@@ -308,9 +320,14 @@ func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool
 		}
 		block[i] = f.BlockKey
 	}
+	return []any{p.Now, p.Now.Format(time.RFC3339Nano), ids, owners, tokens, outcomes, errs, retryAt, outputs, block}
+}
+
+// queueFinish queues the outcomes; the returned set (ids whose outcome
+// took effect) is filled in when the batch is read.
+func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool {
 	done := map[int64]bool{}
-	at := p.Now.Format(time.RFC3339Nano)
-	b.Queue(s.sql.finish, p.Now, at, ids, owners, tokens, outcomes, errs, retryAt, outputs, block).Query(func(rows pgx.Rows) error {
+	b.Queue(s.sql.finish, finishArgs(p)...).Query(func(rows pgx.Rows) error {
 		got, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 		for _, id := range got {
 			done[id] = true
@@ -320,15 +337,63 @@ func (s *Store) queueFinish(b *pgx.Batch, p store.ExchangeParams) map[int64]bool
 	return done
 }
 
-// queueClaim queues the claim; *out is filled in when the batch is read.
-func (s *Store) queueClaim(b *pgx.Batch, now time.Time, c store.ClaimParams, out *[]*store.Job) {
+// claimArgs are claimSQL's parameters after the time ($2..$6).
+func claimArgs(c store.ClaimParams) []any {
 	kinds := make([]string, 0, len(c.Limits))
 	maxes := make([]int32, 0, len(c.Limits))
 	for _, l := range c.Limits {
 		kinds = append(kinds, l.Kind)
 		maxes = append(maxes, int32(max(l.Max, 0))) //nolint:gosec // caps are small
 	}
-	b.Queue(s.sql.claim, now, kinds, maxes, max(c.Max, 0), c.Owner, ts(c.LeaseUntil)).Query(func(rows pgx.Rows) error {
+	return []any{kinds, maxes, max(c.Max, 0), c.Owner, ts(c.LeaseUntil)}
+}
+
+// queueFinishClaim queues the outcomes and the claim as one statement
+// (finishClaimSQL); the returned set and *out are filled in when the
+// batch is read.
+func (s *Store) queueFinishClaim(b *pgx.Batch, p store.ExchangeParams, out *[]*store.Job) map[int64]bool {
+	done := map[int64]bool{}
+	b.Queue(s.sql.finishClaim, append(finishArgs(p), claimArgs(*p.Claim)...)...).Query(func(rows pgx.Rows) error {
+		var jobs []*store.Job
+		skipTag := tagSkipper{rows}
+		var fin bool
+		var id int64
+		head := make([]any, len(rows.FieldDescriptions())) // the tag and id; nil skips the rest
+		head[0], head[1] = &fin, &id
+		for rows.Next() {
+			if err := rows.Scan(head...); err != nil {
+				return err
+			}
+			if fin {
+				done[id] = true
+				continue
+			}
+			j, err := scanJob(skipTag, p.Now)
+			if err != nil {
+				return err
+			}
+			jobs = append(jobs, j)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		slices.SortStableFunc(jobs, func(a, b *store.Job) int { return a.RunAt.Compare(b.RunAt) })
+		*out = jobs
+		return nil
+	})
+	return done
+}
+
+// tagSkipper scans a row of finishClaimSQL after its first column.
+type tagSkipper struct{ rows pgx.Rows }
+
+func (t tagSkipper) Scan(dest ...any) error {
+	return t.rows.Scan(append([]any{nil}, dest...)...)
+}
+
+// queueClaim queues the claim; *out is filled in when the batch is read.
+func (s *Store) queueClaim(b *pgx.Batch, now time.Time, c store.ClaimParams, out *[]*store.Job) {
+	b.Queue(s.sql.claim, append([]any{now}, claimArgs(c)...)...).Query(func(rows pgx.Rows) error {
 		jobs, err := pgx.CollectRows(rows, scanJobRow(now))
 		if err != nil {
 			return err

@@ -166,7 +166,7 @@ func (s *Store) Line(ctx context.Context, key string) (*store.KeyLine, error) {
 	if line.Head, err = s.get(ctx, s.pool, headID, time.Now()); err != nil {
 		return nil, fmt.Errorf("postgres: line: %w", err)
 	}
-	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*) FROM _s.jobs WHERE key = $1 AND (state < 4 OR id = $2)`),
+	err = s.pool.QueryRow(ctx, s.q(`SELECT count(*) FROM _s.jobs WHERE key = $1 AND key <> '' AND (state IN (0, 1, 3) OR id = $2)`),
 		key, headID).Scan(&line.Pending)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: line: %w", wrap(err))
@@ -222,7 +222,7 @@ func (s *Store) lockJob(ctx context.Context, tx pgx.Tx, id int64, now time.Time)
 // the line when none is left.
 func (s *Store) advanceLine(ctx context.Context, tx pgx.Tx, key string) error {
 	_, err := tx.Exec(ctx, s.q(`WITH n AS (
-			SELECT id, kind, run_at, due_at FROM _s.jobs WHERE key = $1 AND key <> '' AND state < 4 ORDER BY due_at, id LIMIT 1
+			SELECT id, kind, run_at, due_at FROM _s.jobs WHERE key = $1 AND key <> '' AND state IN (0, 1, 3) ORDER BY due_at, id LIMIT 1
 		), moved AS (
 			UPDATE _s.lines l SET head_id = n.id, kind = n.kind, run_at = n.run_at, due_at = n.due_at, blocked = 0
 			FROM n WHERE l.key = $1
@@ -389,7 +389,7 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (*store.Stats, error) 
 	}
 	var oldest *time.Time
 	err = s.pool.QueryRow(ctx, s.q(`SELECT
-		(SELECT count(*) FROM _s.lines WHERE blocked = 0 AND run_at <= $1) +
+		(SELECT count(*) FROM _s.lines WHERE ready_id IS NOT NULL AND ready_at <= $1) +
 		(SELECT count(*) FROM _s.jobs WHERE key = '' AND state IN (0, 1, 3) AND run_at <= $1),
 		(SELECT min(due_at) FROM _s.jobs WHERE state IN (0, 1, 3))`), now).Scan(&st.ReadyKeys, &oldest)
 	if err != nil {

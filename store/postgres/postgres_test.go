@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -101,12 +102,17 @@ func TestConcurrentMigrations(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background()) //nolint:errcheck // test connection
-	var n int
-	if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM `+pgx.Identifier{s.Schema(), "schema_migrations"}.Sanitize()).Scan(&n); err != nil {
+	files, err := filepath.Glob("migrations/*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("migration files: %v, %v", files, err)
+	}
+	var n, distinct int
+	if err := conn.QueryRow(t.Context(), `SELECT count(*), count(DISTINCT version) FROM `+
+		pgx.Identifier{s.Schema(), "schema_migrations"}.Sanitize()).Scan(&n, &distinct); err != nil {
 		t.Fatal(err)
 	}
-	if n != 1 {
-		t.Errorf("schema_migrations has %d rows, want 1 (one migration, applied once)", n)
+	if n != len(files) || distinct != n {
+		t.Errorf("schema_migrations has %d rows (%d versions), want %d (each migration applied once)", n, distinct, len(files))
 	}
 }
 

@@ -24,14 +24,19 @@ func (r LineRepair) Total() int { return r.Unblocked + r.Moved + r.Created + r.A
 // the lines: the check reads every job still in line.
 const repairEvery = time.Minute
 
+// inLineJobs are the ordered jobs still in line: waiting ones (jobs_line)
+// and running ones (jobs_running), each part read through its index.
+const inLineJobs = `(SELECT * FROM _s.jobs WHERE key <> '' AND state IN (0, 1, 3)
+	UNION ALL SELECT * FROM _s.jobs WHERE key <> '' AND state = 2)`
+
 // repairFindSQL returns the keys whose line breaks an invariant every
 // writer keeps (each writes a job and its line in one transaction): a job
 // in line stands ahead of its line's head (no advance would reach it) or
 // has no line at all; a line is marked running though its head is not;
 // a line that is not a dead letter's is headed by a finished or missing
 // job.
-const repairFindSQL = `SELECT j.key FROM _s.jobs j LEFT JOIN _s.lines l ON l.key = j.key
-	WHERE j.key <> '' AND j.state < 4 AND (l.key IS NULL OR (j.due_at, j.id) < (l.due_at, l.head_id))
+const repairFindSQL = `SELECT j.key FROM ` + inLineJobs + ` j LEFT JOIN _s.lines l ON l.key = j.key
+	WHERE (l.key IS NULL OR (j.due_at, j.id) < (l.due_at, l.head_id))
 UNION
 SELECT l.key FROM _s.lines l LEFT JOIN _s.jobs j ON j.id = l.head_id
 	WHERE j.id IS NULL OR (l.blocked = 2 AND j.state <> 2) OR (l.blocked <> 1 AND j.state >= 4)`
@@ -45,8 +50,8 @@ const (
 		SELECT l.key FROM _s.lines l LEFT JOIN _s.jobs j ON j.id = l.head_id
 		WHERE l.key = ANY($1::text[]) AND l.blocked <> 1 AND (j.id IS NULL OR j.state >= 4)
 	), n AS (
-		SELECT DISTINCT ON (x.key) x.key, x.id, x.kind, x.run_at, x.due_at, x.state FROM _s.jobs x JOIN bad USING (key)
-		WHERE x.state < 4 ORDER BY x.key, x.due_at, x.id
+		SELECT DISTINCT ON (x.key) x.key, x.id, x.kind, x.run_at, x.due_at, x.state FROM ` + inLineJobs + ` x JOIN bad USING (key)
+		ORDER BY x.key, x.due_at, x.id
 	), moved AS (
 		UPDATE _s.lines l SET head_id = n.id, kind = n.kind, run_at = n.run_at, due_at = n.due_at,
 			blocked = CASE WHEN n.state = 2 THEN 2 ELSE 0 END
@@ -58,7 +63,7 @@ const (
 	SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM dropped)`
 	repairCreateSQL = `INSERT INTO _s.lines (key, head_id, kind, run_at, due_at, blocked)
 		SELECT DISTINCT ON (j.key) j.key, j.id, j.kind, j.run_at, j.due_at, CASE WHEN j.state = 2 THEN 2 ELSE 0 END
-		FROM _s.jobs j WHERE j.key = ANY($1::text[]) AND j.state < 4
+		FROM ` + inLineJobs + ` j WHERE j.key = ANY($1::text[])
 			AND NOT EXISTS (SELECT 1 FROM _s.lines l WHERE l.key = j.key)
 		ORDER BY j.key, j.due_at, j.id`
 )

@@ -10,8 +10,8 @@ import (
 // qualified rather than left to search_path, which PgBouncer in
 // transaction mode does not carry between transactions.
 type statements struct {
-	lockKeys, insert, keepBehind, releaseIdem, lookupIdem, finish, claim, notify string
-	get, nextRunAt, renew, rescueFind, rescue, elect                             string
+	lockKeys, insert, keepBehind, releaseIdem, lookupIdem, finish, claim, finishClaim, notify string
+	get, nextRunAt, renew, rescueFind, rescue, elect                                          string
 }
 
 // The state codes stored in jobs.state. The order matters: state < 4
@@ -49,10 +49,11 @@ func render(schema string) statements {
 		lookupIdem:  r(selectJob + ` WHERE j.idempotency_key = ANY($1::text[])`),
 		finish:      r(finishSQL),
 		claim:       r(claimSQL),
+		finishClaim: r(finishClaimSQL),
 		notify:      `SELECT pg_notify($1, '')`,
 		get:         r(selectJob + ` WHERE j.id = $1`),
 		nextRunAt: r(`SELECT least(
-			(SELECT min(run_at) FROM _s.lines WHERE kind = ANY($1::text[]) AND blocked = 0),
+			(SELECT min(ready_at) FROM _s.lines WHERE kind = ANY($1::text[]) AND ready_id IS NOT NULL),
 			(SELECT min(run_at) FROM _s.jobs WHERE key = '' AND kind = ANY($1::text[]) AND state IN (0, 1, 3)))`),
 		// Row locks in id order, as the finish takes them (Exchange sorts
 		// outcomes by id): a renewal and a finish of the same node
@@ -130,7 +131,7 @@ SELECT ins.id, ins.key = '' OR ins.id IN (SELECT head_id FROM placed) FROM ins O
 const keepBehindSQL = `UPDATE _s.jobs j
 SET due_at = l.due_at + CASE WHEN j.id < l.head_id THEN interval '1 microsecond' ELSE interval '0' END
 FROM _s.lines l
-WHERE l.key = ANY($1::text[]) AND j.key = l.key AND j.key <> '' AND j.state < 4 AND j.id <> l.head_id
+WHERE l.key = ANY($1::text[]) AND j.key = l.key AND j.key <> '' AND j.state IN (0, 1, 3) AND j.id <> l.head_id
 	AND (j.due_at, j.id) < (l.due_at, l.head_id) AND j.due_at >= $2
 RETURNING j.id, j.due_at`
 
@@ -140,7 +141,16 @@ RETURNING j.id, j.due_at`
 // its line to the next job in line order, or the line goes; a retried or
 // released head stays, waiting for its run_at; a blocking dead letter
 // holds its line. Outcome codes are store.Outcome values.
-const finishSQL = `WITH f AS (
+const finishSQL = finishCTEs + `, moved AS (
+	UPDATE _s.lines l SET head_id = m.head_id, kind = m.kind, run_at = m.run_at, due_at = m.due_at, blocked = m.blocked
+	FROM moves m WHERE l.key = m.key AND m.head_id IS NOT NULL
+)
+SELECT id FROM done`
+
+// finishCTEs are finishSQL's outcomes (done), the line moves they make
+// (moves: a line's new head, or none to drop the line; next marks a
+// finished head's successor) and the drop of emptied lines.
+const finishCTEs = `WITH f AS (
 	SELECT * FROM unnest($3::int8[], $4::text[], $5::int8[], $6::int2[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bool[])
 		AS f(id, owner, token, outcome, err, retry_at, output, block)
 ), done AS (
@@ -164,23 +174,19 @@ const finishSQL = `WITH f AS (
 	WHERE j.id = f.id AND j.state + 0 = 2 AND j.lease_owner = f.owner AND j.lease_token = f.token
 	RETURNING j.id, j.key, j.kind, j.run_at, j.due_at, f.outcome, f.block
 ), moves AS (
-	SELECT d.key, n.id AS head_id, n.kind, n.run_at, n.due_at, 0::int2 AS blocked
+	SELECT d.key, n.id AS head_id, n.kind, n.run_at, n.due_at, 0::int2 AS blocked, true AS next
 	FROM done d LEFT JOIN LATERAL (
 		SELECT x.id, x.kind, x.run_at, x.due_at FROM _s.jobs x
-		WHERE x.key = d.key AND x.key <> '' AND x.state < 4 AND (x.due_at, x.id) > (d.due_at, d.id)
+		WHERE x.key = d.key AND x.key <> '' AND x.state IN (0, 1, 3) AND (x.due_at, x.id) > (d.due_at, d.id)
 		ORDER BY x.due_at, x.id LIMIT 1
 	) n ON true
 	WHERE d.key <> '' AND (d.outcome = 1 OR (d.outcome = 3 AND NOT d.block))
 	UNION ALL
-	SELECT d.key, d.id, d.kind, d.run_at, d.due_at, (CASE WHEN d.outcome = 3 THEN 1 ELSE 0 END)::int2
+	SELECT d.key, d.id, d.kind, d.run_at, d.due_at, (CASE WHEN d.outcome = 3 THEN 1 ELSE 0 END)::int2, false
 	FROM done d WHERE d.key <> '' AND (d.outcome IN (2, 4) OR (d.outcome = 3 AND d.block))
 ), dropped AS (
 	DELETE FROM _s.lines l USING moves m WHERE l.key = m.key AND m.head_id IS NULL
-), moved AS (
-	UPDATE _s.lines l SET head_id = m.head_id, kind = m.kind, run_at = m.run_at, due_at = m.due_at, blocked = m.blocked
-	FROM moves m WHERE l.key = m.key AND m.head_id IS NOT NULL
-)
-SELECT id FROM done`
+)`
 
 // claimSQL takes ready heads kind by kind (in the order given, each up to
 // its cap, the whole up to $4), ordered and unordered competing by run_at,
@@ -199,19 +205,9 @@ const claimSQL = `WITH k AS (
 ), cand AS (
 	SELECT c.id, c.key, c.run_at, k.ord FROM k CROSS JOIN LATERAL (
 		SELECT * FROM (
-			SELECT * FROM (
-				SELECT l.head_id AS id, l.key, l.run_at FROM _s.lines l
-				WHERE l.kind = k.kind AND l.blocked = 0 AND l.run_at <= $1
-				ORDER BY l.run_at, l.head_id LIMIT k.n
-				FOR NO KEY UPDATE SKIP LOCKED
-			) a
+			SELECT * FROM (` + readyLinesSQL + `) a
 			UNION ALL
-			SELECT * FROM (
-				SELECT j.id, j.key, j.run_at FROM _s.jobs j
-				WHERE j.key = '' AND j.kind = k.kind AND j.state IN (0, 1, 3) AND j.run_at <= $1
-				ORDER BY j.run_at, j.id LIMIT k.n
-				FOR NO KEY UPDATE SKIP LOCKED
-			) b
+			SELECT * FROM (` + readyUnorderedSQL + `) b
 		) u ORDER BY u.run_at, u.id LIMIT k.n
 	) c
 ), pick AS (
@@ -225,6 +221,76 @@ const claimSQL = `WITH k AS (
 	UPDATE _s.lines l SET blocked = 2 FROM claimed c WHERE c.key <> '' AND l.key = c.key
 )
 SELECT *, true FROM claimed`
+
+// readyLinesSQL and readyUnorderedSQL are a claim's candidates of kind
+// k.kind (up to k.n each) due by $1: the heads of ready lines, and
+// unordered jobs waiting to run.
+const (
+	readyLinesSQL = `
+		SELECT l.ready_id AS id, l.key, l.ready_at AS run_at FROM _s.lines l
+		WHERE l.kind = k.kind AND l.ready_id IS NOT NULL AND l.ready_at <= $1
+		ORDER BY l.ready_at, l.ready_id LIMIT k.n
+		FOR NO KEY UPDATE SKIP LOCKED`
+	readyUnorderedSQL = `
+		SELECT j.id, j.key, j.run_at FROM _s.jobs j
+		WHERE j.key = '' AND j.kind = k.kind AND j.state IN (0, 1, 3) AND j.run_at <= $1
+		ORDER BY j.run_at, j.id LIMIT k.n
+		FOR NO KEY UPDATE SKIP LOCKED`
+)
+
+// finishClaimSQL is finishSQL and claimSQL in one statement, for a cycle
+// that has both and whose outcomes all complete or discard their jobs. A
+// finished head's successor, when due, competes for the claim with the
+// ready lines and unordered jobs on the same terms (kind caps, run_at
+// order); if it is taken (handed off), its line is written once, straight
+// to running with the new head, instead of being made ready by the finish
+// and marked running by the claim: one line row version and two index
+// entries less per job, and the claim's ready-line scan shrinks with it.
+// The finish's lines are running in the statement's snapshot, so the
+// ready-line scan cannot return them; the key test there keeps the two
+// line updates apart even if one were not. A successor is taken only if
+// it still waits (state < 4, not running), and a key with more than one
+// outcome (which a line never has) hands off nothing. Parameters: $1..$10
+// as finishSQL's, $11..$15 as claimSQL's $2..$6. Rows: a first column
+// false for a claimed job (then claimSQL's columns), true for a finished
+// job's id (the other columns null).
+var finishClaimSQL = finishCTEs + `, handoff AS (
+	SELECT m.head_id AS id, m.key, m.kind, m.run_at FROM moves m
+	WHERE m.next AND m.head_id IS NOT NULL AND m.run_at <= $1
+		AND m.key NOT IN (SELECT key FROM moves GROUP BY key HAVING count(*) > 1)
+), k AS (
+	SELECT * FROM unnest($11::text[], $12::int4[]) WITH ORDINALITY AS k(kind, n, ord) WHERE n > 0
+), cand AS (
+	SELECT c.id, c.key, c.run_at, c.handoff, k.ord FROM k CROSS JOIN LATERAL (
+		SELECT * FROM (
+			SELECT a.*, false AS handoff FROM (` + readyLinesSQL + `) a
+			WHERE a.key NOT IN (SELECT key FROM moves)
+			UNION ALL
+			SELECT b.*, false FROM (` + readyUnorderedSQL + `) b
+			UNION ALL
+			SELECT h.id, h.key, h.run_at, true FROM handoff h WHERE h.kind = k.kind
+		) u ORDER BY u.run_at, u.id LIMIT k.n
+	) c
+), pick AS (
+	SELECT id, key, handoff FROM cand ORDER BY ord, run_at, id LIMIT $13
+), claimed AS (
+	UPDATE _s.jobs j SET state = 2, attempt = j.attempt + 1, started_at = $1, lease_owner = $14, lease_until = $15,
+		lease_token = nextval('_s.lease_tokens')
+	FROM pick p WHERE j.id = p.id AND (NOT p.handoff OR j.state IN (0, 1, 3))
+	RETURNING ` + jobColumns + `, p.handoff
+), marked AS (
+	UPDATE _s.lines l SET blocked = 2 FROM claimed c WHERE c.key <> '' AND NOT c.handoff AND l.key = c.key
+), moved AS (
+	UPDATE _s.lines l SET head_id = m.head_id, kind = m.kind, run_at = m.run_at, due_at = m.due_at,
+		blocked = CASE WHEN m.next AND m.head_id IN (SELECT id FROM claimed WHERE handoff) THEN 2 ELSE m.blocked END
+	FROM moves m WHERE l.key = m.key AND m.head_id IS NOT NULL
+)
+SELECT false, ` + claimedColumns + `, true FROM claimed c
+UNION ALL
+SELECT true, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM done`
+
+// claimedColumns are jobColumns on alias c.
+var claimedColumns = strings.ReplaceAll(jobColumns, "j.", "c.")
 
 // rescueSQL returns running jobs whose lease ended before $1 to their
 // lines as retryable now, recording the interrupted attempt.
