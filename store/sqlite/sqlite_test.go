@@ -88,7 +88,7 @@ func TestOpenWaitsForLock(t *testing.T) {
 	}
 }
 
-// A database Open creates gets Options.PageSize (16384 by default); one
+// A database Open creates gets Options.PageSize (4096 by default); one
 // that exists keeps the size it was made with; a size SQLite cannot use
 // fails before anything is created.
 func TestPageSize(t *testing.T) {
@@ -101,9 +101,9 @@ func TestPageSize(t *testing.T) {
 		wantErr  error
 		wantFile bool
 	}{
-		{name: "default", first: -1, then: 0, want: 16384, wantFile: true},
-		{name: "chosen", first: -1, then: 4096, want: 4096, wantFile: true},
-		{name: "existing keeps its size", first: 4096, then: 0, want: 4096, wantFile: true},
+		{name: "default", first: -1, then: 0, want: 4096, wantFile: true},
+		{name: "chosen", first: -1, then: 16384, want: 16384, wantFile: true},
+		{name: "existing keeps its size", first: 16384, then: 0, want: 16384, wantFile: true},
 		{name: "not a power of two", first: -1, then: 5000, wantErr: ErrPageSize},
 		{name: "too large", first: -1, then: 131072, wantErr: ErrPageSize},
 		{name: "too small", first: -1, then: 256, wantErr: ErrPageSize},
