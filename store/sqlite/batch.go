@@ -12,6 +12,11 @@ import (
 // statement call costs more in database/sql and the driver than SQLite
 // spends on the row itself.
 
+// insertColumns are bound per row, in this order, by the multi-row insert
+// with explicit ids; the insert that leaves ids to SQLite binds all but
+// the first.
+const insertColumns = 11
+
 // insertChunks are the row counts of the prepared multi-row inserts; a
 // batch is cut into the largest chunks that fit. Each statement call costs
 // about as much as a dozen rows, so the small sizes follow the binary
@@ -20,45 +25,26 @@ var insertChunks = []int{256, 64, 32, 16, 8, 4, 2, 1}
 
 // insertRowsSQL is an INSERT of n rows, with explicit ids or, when
 // withID is false, with the ids SQLite picks (the highest rowid plus one).
-// A uniform insert takes what its rows share once, as ?1 kind, ?2 state,
-// ?3 max_attempts, ?4 due time (run_at and due_at) and ?5 created_at, then
-// per row (id,) key, kh, payload; the others take every column per row.
 //
 // OR ROLLBACK: a failed statement fails the whole cycle anyway, and
 // without an ABORT path SQLite keeps no statement journal (a copy of every
 // page the statement touches). An explicit INTEGER PRIMARY KEY brings that
 // journal back regardless (SQLite checks the value is an integer and may
 // abort), which is why the store leaves ids to SQLite when it can.
-func insertRowsSQL(n int, withID, uniform bool) string {
+func insertRowsSQL(n int, withID bool) string {
 	var b strings.Builder
 	b.WriteString(`INSERT OR ROLLBACK INTO herald_jobs (`)
+	row := "(?,?,?,?,?,?,?,?,?,?)"
 	if withID {
 		b.WriteString("id, ")
+		row = "(?,?,?,?,?,?,?,?,?,?,?)"
 	}
 	b.WriteString(`kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at) VALUES `)
-	perRow := 3
-	if withID {
-		perRow++
-	}
 	for i := range n {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		if !uniform {
-			if withID {
-				b.WriteString("(?,?,?,?,?,?,?,?,?,?,?)")
-			} else {
-				b.WriteString("(?,?,?,?,?,?,?,?,?,?)")
-			}
-			continue
-		}
-		p := 6 + i*perRow // this row's first parameter
-		b.WriteByte('(')
-		if withID {
-			fmt.Fprintf(&b, "?%d,", p)
-			p++
-		}
-		fmt.Fprintf(&b, "?1,?%d,?%d,?%d,?2,?3,?4,?4,NULL,?5)", p, p+1, p+2)
+		b.WriteString(row)
 	}
 	return b.String()
 }

@@ -58,19 +58,14 @@ func lineID(key string) int64 {
 	return 1
 }
 
-// insertSQLs hold the multi-row inserts by chunk size and shape: [uniform][auto]
-// (uniform: the rows share kind, state, attempts and due time; auto: ids left
-// to SQLite).
-var insertSQLs = func() (m [2][2]map[int]string) {
-	for u := range 2 {
-		for a := range 2 {
-			m[u][a] = map[int]string{}
-			for _, n := range insertChunks {
-				m[u][a][n] = insertRowsSQL(n, a == 0, u == 1)
-			}
-		}
+// insertRowsSQLs and insertAutoSQLs hold the multi-row insert for each
+// chunk size, with explicit ids and with ids left to SQLite.
+var insertRowsSQLs, insertAutoSQLs = func() (withID, auto map[int]string) {
+	withID, auto = map[int]string{}, map[int]string{}
+	for _, n := range insertChunks {
+		withID[n], auto[n] = insertRowsSQL(n, true), insertRowsSQL(n, false)
 	}
-	return m
+	return withID, auto
 }()
 
 // hotStatements are prepared once at Open.
@@ -78,12 +73,8 @@ var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, cla
 	markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
 	func() []string {
 		var qs []string
-		for _, byShape := range insertSQLs {
-			for _, byChunk := range byShape {
-				for _, n := range insertChunks {
-					qs = append(qs, byChunk[n])
-				}
-			}
+		for _, n := range insertChunks {
+			qs = append(qs, insertRowsSQLs[n], insertAutoSQLs[n])
 		}
 		for _, q := range foldSQLs {
 			qs = append(qs, q)
@@ -652,7 +643,13 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	nowUS := micros(now)
 	results := make([]store.InsertResult, len(p.Inserts))
 	jobs := make([]store.Job, len(p.Inserts)) // one allocation for the cycle's answers
-	rows := &pendingRows{auto: w.store.rowidIsLastID, nowUS: nowUS, rows: make([]pendingRow, 0, len(p.Inserts))}
+	rows := &pendingRows{auto: w.store.rowidIsLastID,
+		args: make([]any, 0, len(p.Inserts)*insertColumns)}
+	// Boxing an int64 or a string for database/sql allocates; most rows
+	// share these values, so they are boxed once.
+	nowArg := any(nowUS)
+	var kindArg any
+	lastKind := ""
 	for i, in := range p.Inserts {
 		if in.IdempotencyKey != "" {
 			// An earlier row of this batch may hold the same key.
@@ -682,8 +679,15 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 			idem = in.IdempotencyKey
 		}
 		id := w.store.nextID()
-		rows.rows = append(rows.rows, pendingRow{id: id, kind: in.Kind, key: in.Key, kh: lineID(in.Key),
-			payload: in.Payload, state: state, maxAttempts: in.MaxAttempts, dueUS: dueUS, idem: idem})
+		if kindArg == nil || in.Kind != lastKind {
+			kindArg, lastKind = in.Kind, in.Kind
+		}
+		dueArg := nowArg
+		if dueUS != nowUS {
+			dueArg = dueUS
+		}
+		rows.add(id, kindArg, in.Key, lineID(in.Key), []byte(in.Payload), state,
+			in.MaxAttempts, dueArg, dueArg, idem, nowArg)
 		jobs[i] = store.Job{
 			ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
 			State: stateNames[state], MaxAttempts: in.MaxAttempts,
@@ -719,61 +723,20 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	return results, nil
 }
 
-// pendingRows are rows buffered for the multi-row insert.
+// pendingRows are rows buffered for the multi-row insert: their values in
+// column order (without the id when auto) and their ids.
 type pendingRows struct {
-	auto  bool // leave ids to SQLite (Store.rowidIsLastID)
-	nowUS int64
-	rows  []pendingRow
-	args  []any // reused for each statement's arguments
+	auto bool // leave ids to SQLite (Store.rowidIsLastID)
+	args []any
+	ids  []int64
 }
 
-type pendingRow struct {
-	id, kh, dueUS      int64
-	kind, key          string
-	payload            []byte
-	state, maxAttempts int
-	idem               any // nil or the idempotency key
-}
-
-// sameShape reports whether rows can share one uniform insert: same kind,
-// state, attempts and due time, and no idempotency key.
-func sameShape(rows []pendingRow) bool {
-	first := rows[0]
-	for _, r := range rows {
-		if r.kind != first.kind || r.state != first.state || r.maxAttempts != first.maxAttempts ||
-			r.dueUS != first.dueUS || r.idem != nil {
-			return false
-		}
+func (r *pendingRows) add(id int64, row ...any) {
+	if !r.auto {
+		r.args = append(r.args, id)
 	}
-	return true
-}
-
-// chunkArgs returns the arguments of one insert of rows, uniform or not.
-// A uniform insert binds what the rows share once and three values per row
-// (four with the id): database/sql converts and the driver binds every
-// argument one by one, which for eleven per row was a fifth of the
-// allocations of a batch enqueue.
-func (r *pendingRows) chunkArgs(rows []pendingRow, uniform bool) []any {
-	a := r.args[:0]
-	if uniform {
-		f := rows[0]
-		a = append(a, f.kind, f.state, f.maxAttempts, f.dueUS, r.nowUS)
-		for _, x := range rows {
-			if !r.auto {
-				a = append(a, x.id)
-			}
-			a = append(a, x.key, x.kh, x.payload)
-		}
-	} else {
-		for _, x := range rows {
-			if !r.auto {
-				a = append(a, x.id)
-			}
-			a = append(a, x.kind, x.key, x.kh, x.payload, x.state, x.maxAttempts, x.dueUS, x.dueUS, x.idem, r.nowUS)
-		}
-	}
-	r.args = a
-	return a
+	r.args = append(r.args, row...)
+	r.ids = append(r.ids, id)
 }
 
 // insertRows writes the buffered rows in as few statements as the
@@ -782,24 +745,18 @@ func (r *pendingRows) chunkArgs(rows []pendingRow, uniform bool) []any {
 // out: anything else fails the cycle rather than store a job under an id
 // nobody was told.
 func (w *lineWriter) insertRows(r *pendingRows) error {
-	auto := 0
+	sqls, cols := insertRowsSQLs, insertColumns
 	if r.auto {
-		auto = 1
+		sqls, cols = insertAutoSQLs, insertColumns-1
 	}
-	rows := r.rows
+	a, ids := r.args, r.ids
 	for _, n := range insertChunks {
-		for len(rows) >= n {
-			chunk := rows[:n]
-			uniform := sameShape(chunk)
-			u := 0
-			if uniform {
-				u = 1
-			}
-			st, err := w.stmt(insertSQLs[u][auto][n])
+		for len(ids) >= n {
+			st, err := w.stmt(sqls[n])
 			if err != nil {
 				return err
 			}
-			res, err := st.ExecContext(w.ctx, r.chunkArgs(chunk, uniform)...)
+			res, err := st.ExecContext(w.ctx, a[:n*cols]...)
 			if err != nil {
 				return err
 			}
@@ -808,14 +765,14 @@ func (w *lineWriter) insertRows(r *pendingRows) error {
 				if err != nil {
 					return err
 				}
-				if want := chunk[n-1].id; last != want {
+				if want := ids[n-1]; last != want {
 					return fmt.Errorf("%w: SQLite gave row id %d to job %d", errRowidDrift, last, want)
 				}
 			}
-			rows = rows[n:]
+			a, ids = a[n*cols:], ids[n:]
 		}
 	}
-	r.rows = r.rows[:0]
+	r.args, r.ids = r.args[:0], r.ids[:0]
 	return nil
 }
 

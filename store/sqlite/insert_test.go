@@ -10,10 +10,9 @@ import (
 	"github.com/heraldmq/herald/store"
 )
 
-// A cycle's rows go out in chunks, each as a uniform insert (the rows
-// share kind, state, attempts and due time, and carry no idempotency key)
-// or a general one. Whatever the mix, and with ids named or left to
-// SQLite, every job must read back exactly as it was inserted.
+// A cycle's rows go out as multi-row inserts in chunks of every prepared
+// size. Whatever the mix of rows, and with ids named or left to SQLite,
+// every job must read back exactly as it was inserted.
 func TestInsertChunkShapes(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
