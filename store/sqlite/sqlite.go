@@ -232,9 +232,9 @@ type Options struct {
 	// once, and inserts spread over many keys dirty about one page of the
 	// line index per key whatever its size, so floods of enqueues over a
 	// few thousand keys write fewer bytes per job with larger pages: 16384
-	// took 16 % less CPU for batch enqueues. But reads and writes that hop
+	// took 17 % less CPU for batch enqueues. But reads and writes that hop
 	// between many keys move whole pages: with 16384, draining 5,000,000
-	// jobs over 1,000,000 keys took 70 % more CPU and ran 28 % slower. With
+	// jobs over 1,000,000 keys took 70 % more CPU and went half as fast. With
 	// pages above 4096 set CacheMiB lower too (32 for 16384): modernc's C
 	// heap spends more than a page's size on each cached large page.
 	PageSize int
