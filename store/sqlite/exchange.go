@@ -69,7 +69,7 @@ var insertRowsSQLs, insertAutoSQLs = func() (withID, auto map[int]string) {
 }()
 
 // hotStatements are prepared once at Open.
-var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
+var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL, nextUnorderedRunSQL,
 	markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
 	func() []string {
 		var qs []string
@@ -233,9 +233,12 @@ type lineWriter struct {
 	offer   *store.ClaimParams
 	left    map[string]int   // claim slots left per kind
 	total   int              // claim slots left overall
-	waiting map[string]int64 // per kind: run_at of the oldest waiting head (0: none); fairness bound
-	handed  []*store.Job
-	handKh  []int64
+	waiting map[string]int64 // per kind: run_at of the oldest waiting job (0: none); fairness bound
+	// unorderedRunning are the unordered jobs running here, per kind, for
+	// oldestWaiting (nil until it needs them).
+	unorderedRunning map[string][]int64
+	handed           []*store.Job
+	handKh           []int64
 }
 
 type finishedHead struct{ kh, dueUS, id int64 }
@@ -580,25 +583,48 @@ func (w *lineWriter) handOff(kh int64, j *store.Job) (bool, error) {
 	return true, nil
 }
 
-// oldestWaiting is the run_at of the oldest head of kind that waits (not
-// running here), read once per transaction and kind, before lines move.
+// oldestWaiting is the run_at of the oldest job of kind that waits to be
+// claimed — a ready line's head, or an unordered job not running here — read
+// once per transaction and kind, before lines move. Unordered jobs count
+// too: claims take them by age beside the heads, and a stream of hand-offs
+// must not keep them waiting.
 func (w *lineWriter) oldestWaiting(kind string) (int64, error) {
 	if v, ok := w.waiting[kind]; ok {
 		return v, nil
 	}
-	st, err := w.stmt(nextLineRunSQL)
+	if w.unorderedRunning == nil {
+		w.unorderedRunning = w.claims.running(nil)
+	}
+	ids := w.unorderedRunning[kind]
+	if ids == nil {
+		ids = []int64{}
+	}
+	exclude, err := json.Marshal(ids)
 	if err != nil {
 		return 0, err
 	}
-	var v int64
-	if err := st.QueryRowContext(w.ctx, kind).Scan(&v); err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return 0, err
+	var oldest int64
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{{nextLineRunSQL, []any{kind}}, {nextUnorderedRunSQL, []any{kind, string(exclude)}}} {
+		st, err := w.stmt(q.sql)
+		if err != nil {
+			return 0, err
+		}
+		var v int64
+		if err := st.QueryRowContext(w.ctx, q.args...).Scan(&v); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, err
+		}
+		if v != 0 && (oldest == 0 || v < oldest) {
+			oldest = v
+		}
 	}
 	if w.waiting == nil {
 		w.waiting = map[string]int64{}
 	}
-	w.waiting[kind] = v
-	return v, nil
+	w.waiting[kind] = oldest
+	return oldest, nil
 }
 
 func markClaimed(j *store.Job, now time.Time, owner string) {

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -71,38 +72,40 @@ func TestHandOffSurvivesRestart(t *testing.T) {
 	}
 }
 
-// A busy key must not keep its worker slot while another key's head has
-// waited longer: hand-off yields to the oldest waiting head.
-func TestHandOffYieldsToOlderWaitingHead(t *testing.T) {
+// A busy key must not keep its worker slot while another job of its kind
+// has waited longer, whether that is another key's head or an unordered
+// job: hand-off yields to the oldest waiting job.
+func TestHandOffYieldsToOlderWaitingJob(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	s := openTest(t)
-	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	p := func(key string) store.InsertParams {
-		return store.InsertParams{Kind: "k", Key: key, Payload: json.RawMessage(`{}`), MaxAttempts: 3}
-	}
-	if _, err := s.InsertMany(ctx, store.InsertManyParams{Jobs: []store.InsertParams{p("busy")}, Now: t0}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.InsertMany(ctx, store.InsertManyParams{Jobs: []store.InsertParams{p("waiting")}, Now: t0.Add(time.Second)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.InsertMany(ctx, store.InsertManyParams{Jobs: []store.InsertParams{p("busy")}, Now: t0.Add(2 * time.Second)}); err != nil {
-		t.Fatal(err)
-	}
-	one := &store.ClaimParams{Now: t0.Add(3 * time.Second), Owner: "n1", LeaseUntil: t0.Add(time.Hour),
-		Limits: []store.KindLimit{{Kind: "k", Max: 1}}, Max: 1}
-	got, err := s.Claim(ctx, *one)
-	if err != nil || len(got) != 1 || got[0].Key != "busy" {
-		t.Fatalf("first claim = %v, %v", got, err)
-	}
-	res, err := s.Exchange(ctx, store.ExchangeParams{Now: one.Now, Claim: one,
-		Finishes: []store.FinishParams{{ID: got[0].ID, Owner: "n1", LeaseToken: got[0].LeaseToken, Outcome: store.OutcomeCompleted}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Claimed) != 1 || res.Claimed[0].Key != "waiting" {
-		t.Fatalf("one free slot went to %v; want the key that waited longer", res.Claimed)
+	for _, waiting := range []string{"waiting", ""} {
+		t.Run(fmt.Sprintf("key %q", waiting), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := openTest(t)
+			t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+			p := func(key string) store.InsertParams {
+				return store.InsertParams{Kind: "k", Key: key, Payload: json.RawMessage(`{}`), MaxAttempts: 3}
+			}
+			for i, key := range []string{"busy", waiting, "busy"} {
+				if _, err := s.InsertMany(ctx, store.InsertManyParams{Jobs: []store.InsertParams{p(key)}, Now: t0.Add(time.Duration(i) * time.Second)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			one := &store.ClaimParams{Now: t0.Add(3 * time.Second), Owner: "n1", LeaseUntil: t0.Add(time.Hour),
+				Limits: []store.KindLimit{{Kind: "k", Max: 1}}, Max: 1}
+			got, err := s.Claim(ctx, *one)
+			if err != nil || len(got) != 1 || got[0].Key != "busy" {
+				t.Fatalf("first claim = %v, %v", got, err)
+			}
+			res, err := s.Exchange(ctx, store.ExchangeParams{Now: one.Now, Claim: one,
+				Finishes: []store.FinishParams{{ID: got[0].ID, Owner: "n1", LeaseToken: got[0].LeaseToken, Outcome: store.OutcomeCompleted}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Claimed) != 1 || res.Claimed[0].Key != waiting {
+				t.Fatalf("one free slot went to %v; want the job of key %q, which waited longer", res.Claimed, waiting)
+			}
+		})
 	}
 }
 
@@ -137,6 +140,8 @@ func TestInsertClaimsNewLine(t *testing.T) {
 		{name: "a scheduled job waits", inserts: []store.InsertParams{later}, claim: slots(10, 10)},
 		{name: "the oldest newcomer gets the last slot", inserts: []store.InsertParams{job("x"), job("y"), job("z")},
 			claim: slots(2, 2), want: []string{"x", "y"}},
+		{name: "an older unordered job goes first", before: []store.InsertParams{job("")},
+			inserts: []store.InsertParams{job("new")}, claim: slots(1, 1), want: []string{""}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,6 +170,9 @@ func TestInsertClaimsNewLine(t *testing.T) {
 			// Every claimed job shows running; every other due newcomer
 			// stays claimable by the next exchange, each key once.
 			for _, j := range res.Claimed {
+				if j.Key == "" {
+					continue // unordered: no line
+				}
 				line, err := s.Line(ctx, j.Key)
 				if err != nil || line.Head == nil || line.Head.ID != j.ID || line.Head.State != store.StateRunning {
 					t.Errorf("Line(%q) = %+v, %v; want head %d running", j.Key, line, err, j.ID)
