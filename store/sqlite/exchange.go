@@ -562,8 +562,8 @@ func (w *lineWriter) handOffUpTo(now time.Time, c *store.ClaimParams) {
 }
 
 // handOff claims j, the next job of line kh, if it may run now, a slot of
-// its kind is free, and no other line's head of that kind has waited
-// longer (so a busy key cannot starve the others).
+// its kind is free, and no other job of that kind (a line's head or an
+// unordered job) has waited longer, so a busy key cannot starve the others.
 func (w *lineWriter) handOff(kh int64, j *store.Job) (bool, error) {
 	if w.offer == nil || w.total <= 0 || w.left[j.Kind] <= 0 || j.RunAt.After(w.now) {
 		return false, nil
