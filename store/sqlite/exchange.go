@@ -595,30 +595,17 @@ func (w *lineWriter) oldestWaiting(kind string) (int64, error) {
 	if w.unorderedRunning == nil {
 		w.unorderedRunning = w.claims.running(nil)
 	}
-	ids := w.unorderedRunning[kind]
-	if ids == nil {
-		ids = []int64{}
-	}
-	exclude, err := json.Marshal(ids)
+	lineRun, err := w.stmt(nextLineRunSQL)
 	if err != nil {
 		return 0, err
 	}
-	var oldest int64
-	for _, q := range []struct {
-		sql  string
-		args []any
-	}{{nextLineRunSQL, []any{kind}}, {nextUnorderedRunSQL, []any{kind, string(exclude)}}} {
-		st, err := w.stmt(q.sql)
-		if err != nil {
-			return 0, err
-		}
-		var v int64
-		if err := st.QueryRowContext(w.ctx, q.args...).Scan(&v); err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return 0, err
-		}
-		if v != 0 && (oldest == 0 || v < oldest) {
-			oldest = v
-		}
+	unorderedRun, err := w.stmt(nextUnorderedRunSQL)
+	if err != nil {
+		return 0, err
+	}
+	oldest, err := earliestWaiting(w.ctx, kind, w.unorderedRunning[kind], lineRun, unorderedRun)
+	if err != nil {
+		return 0, err
 	}
 	if w.waiting == nil {
 		w.waiting = map[string]int64{}

@@ -151,35 +151,50 @@ func (s *Store) NextRunAt(ctx context.Context, kinds []string) (time.Time, error
 	unordered := s.claims.running(nil)
 	var next int64
 	for _, k := range kinds {
-		ids := unordered[k]
-		if ids == nil {
-			ids = []int64{}
-		}
-		idsJSON, err := json.Marshal(ids)
+		v, err := earliestWaiting(ctx, k, unordered[k], s.nextLineRun, s.nextUnorderedRun)
 		if err != nil {
-			return time.Time{}, err
+			return time.Time{}, fmt.Errorf("sqlite: next run: %w", err)
 		}
-		for _, q := range []struct {
-			st   *sql.Stmt
-			args []any
-		}{{s.nextLineRun, []any{k}}, {s.nextUnorderedRun, []any{k, string(idsJSON)}}} {
-			var v int64
-			err := q.st.QueryRowContext(ctx, q.args...).Scan(&v)
-			if errors.Is(err, sql.ErrNoRows) {
-				continue
-			}
-			if err != nil {
-				return time.Time{}, fmt.Errorf("sqlite: next run: %w", err)
-			}
-			if next == 0 || v < next {
-				next = v
-			}
+		if v != 0 && (next == 0 || v < next) {
+			next = v
 		}
 	}
 	if next == 0 {
 		return time.Time{}, nil
 	}
 	return fromMicros(next), nil
+}
+
+// earliestWaiting is the earliest run_at (0: none) among kind's ready line
+// heads and its unordered jobs not running here (running: their ids), read
+// with lineRun (nextLineRunSQL) and unorderedRun (nextUnorderedRunSQL): the
+// reader's statements, or a transaction's.
+func earliestWaiting(ctx context.Context, kind string, running []int64, lineRun, unorderedRun *sql.Stmt) (int64, error) {
+	if running == nil {
+		running = []int64{}
+	}
+	exclude, err := json.Marshal(running)
+	if err != nil {
+		return 0, err
+	}
+	var earliest int64
+	for _, q := range []struct {
+		st   *sql.Stmt
+		args []any
+	}{{lineRun, []any{kind}}, {unorderedRun, []any{kind, string(exclude)}}} {
+		var v int64
+		err := q.st.QueryRowContext(ctx, q.args...).Scan(&v)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if earliest == 0 || v < earliest {
+			earliest = v
+		}
+	}
+	return earliest, nil
 }
 
 // Get returns one job.
