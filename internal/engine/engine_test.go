@@ -326,3 +326,34 @@ func TestWorkDiscardsJobPastMaxAttempts(t *testing.T) {
 		})
 	}
 }
+
+func TestCommitWait(t *testing.T) {
+	t.Parallel()
+
+	tests := []struct {
+		name          string
+		delay         time.Duration // Config.CommitDelay
+		pending, last int
+		want          time.Duration
+	}{
+		{"ManyProducersWait", 0, 3, 40, 100 * time.Microsecond},
+		{"AtTheThreshold", 0, 1, commitSiblings, 100 * time.Microsecond},
+		{"ConfiguredDelay", time.Millisecond, 1, 100, time.Millisecond},
+		{"LoneProducer", 0, 1, 1, 0},
+		{"BelowTheThreshold", 0, 5, commitSiblings - 1, 0},
+		{"NothingToInsert", 0, 0, 100, 0},
+		{"TurnedOff", -1, 5, 100, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e, err := New(Config{Store: nopStore{}, CommitDelay: tt.delay})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := e.commitWait(tt.pending, tt.last); got != tt.want {
+				t.Errorf("commitWait(%d, %d) = %v, want %v", tt.pending, tt.last, got, tt.want)
+			}
+		})
+	}
+}
