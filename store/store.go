@@ -315,3 +315,21 @@ type Listener interface {
 type Elector interface {
 	Elect(ctx context.Context, owner string, ttl time.Duration) (bool, error)
 }
+
+// Durable waits until a commit is durable and returns nil, or returns an
+// error wrapping ErrCommitUnknown if it may never be (the sync failed).
+type Durable func() error
+
+// DeferredSyncer is implemented by drivers that can return from an
+// exchange as soon as its transaction is committed and visible, and make
+// it durable in the background. The caller's next exchange then overlaps
+// this one's sync, a pipelined group commit: SQLite's store loop would
+// otherwise wait on the disk's flush in every cycle.
+type DeferredSyncer interface {
+	// ExchangeDeferred is Exchange, except that it may return before the
+	// transaction is durable. Nothing that relies on that (acknowledging
+	// an insert, running a claimed job) may happen before durable returns
+	// nil. Later exchanges see this one's writes at once, and a commit is
+	// durable no later than any commit after it.
+	ExchangeDeferred(ctx context.Context, p ExchangeParams) (*ExchangeResult, Durable, error)
+}

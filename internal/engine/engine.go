@@ -128,6 +128,7 @@ type Engine struct {
 	claimsStopped chan struct{}
 	loopDone      chan struct{} // closed when the store loop has written everything
 	workers       sync.WaitGroup
+	acks          sync.WaitGroup // answers waiting for their commit's sync
 
 	metrics Metrics
 	stats   atomic.Pointer[store.Stats]
@@ -266,6 +267,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	}
 	close(e.finish) // no worker is left to send
 	<-e.loopDone
+	e.acks.Wait()
 	e.rootCancel()
 	<-e.maintDone
 	<-e.listenDone

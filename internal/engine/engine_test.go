@@ -210,7 +210,7 @@ func TestWorkChecksLeaseBeforeStart(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.workers.Add(1)
-			e.work(e.kinds["k"], &store.Job{ID: 7, Kind: "k", LeaseToken: 3, Attempt: 1, MaxAttempts: 3}, tt.leaseUntil)
+			e.work(e.kinds["k"], &store.Job{ID: 7, Kind: "k", LeaseToken: 3, Attempt: 1, MaxAttempts: 3}, tt.leaseUntil, nil)
 			f := <-e.finish
 			if ran != tt.wantRun {
 				t.Errorf("handler ran = %v, want %v", ran, tt.wantRun)
@@ -317,7 +317,7 @@ func TestWorkDiscardsJobPastMaxAttempts(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.workers.Add(1)
-			e.work(e.kinds["k"], &store.Job{ID: 9, Kind: "k", LeaseToken: 2, Attempt: tt.attempt, MaxAttempts: tt.max}, now.Add(time.Minute))
+			e.work(e.kinds["k"], &store.Job{ID: 9, Kind: "k", LeaseToken: 2, Attempt: tt.attempt, MaxAttempts: tt.max}, now.Add(time.Minute), nil)
 			f := <-e.finish
 			if ran != tt.wantRun || f.Outcome != tt.want || f.BlockKey != tt.wantBlockKey || f.ID != 9 || f.LeaseToken != 2 ||
 				!strings.Contains(f.Error, tt.wantErrSubstr) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/heraldmq/herald/store"
@@ -206,7 +207,7 @@ func (e *Engine) run() {
 			e.doubtful = false
 		}
 		cycleStart := time.Now()
-		res, err := e.exchange(now, inserts, finishes, claim)
+		res, durable, err := e.exchange(now, inserts, finishes, claim)
 		if e.log.Enabled(context.Background(), slog.LevelDebug) {
 			claimed := 0
 			if res != nil {
@@ -233,7 +234,7 @@ func (e *Engine) run() {
 		}
 		if claim != nil {
 			for _, j := range res.Claimed {
-				e.startJob(j, claim.LeaseUntil)
+				e.startJob(j, claim.LeaseUntil, durable)
 			}
 			mayClaim = len(res.Claimed) == claim.Max
 		}
@@ -244,8 +245,11 @@ func (e *Engine) run() {
 
 // exchange writes one cycle. If it fails with inserts aboard, each insert
 // request is retried on its own (so one bad batch fails alone, and callers
-// get an answer now), and the caller retries the outcomes later.
-func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []finishRequest, claim *store.ClaimParams) (*store.ExchangeResult, error) {
+// get an answer now), and the caller retries the outcomes later. With a
+// store.DeferredSyncer it returns once the cycle is committed: its
+// inserts are acknowledged, and the caller starts its claimed jobs, when
+// durable says the commit is durable, while the loop writes its next cycle.
+func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []finishRequest, claim *store.ClaimParams) (*store.ExchangeResult, store.Durable, error) {
 	p := store.ExchangeParams{Now: now, IdempotencySince: now.Add(-e.idempotencyWindow()), Claim: claim}
 	if len(inserts) == 1 {
 		p.Inserts = inserts[0].jobs // no copy of a lone batch
@@ -263,15 +267,25 @@ func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []fi
 	for i, f := range finishes {
 		p.Finishes[i] = f.FinishParams
 	}
-	res, err := e.drv.Exchange(context.Background(), p)
+	var (
+		res     *store.ExchangeResult
+		durable store.Durable
+		err     error
+	)
+	if ds, ok := e.drv.(store.DeferredSyncer); ok {
+		res, durable, err = ds.ExchangeDeferred(context.Background(), p)
+	} else {
+		res, err = e.drv.Exchange(context.Background(), p)
+	}
 	if err == nil {
-		inserted := res.Inserted
-		for _, r := range inserts {
-			n := len(r.jobs)
-			e.acknowledge(r, inserted[:n:n], nil)
-			inserted = inserted[n:]
+		if durable == nil || len(inserts) == 0 {
+			e.acknowledgeAll(inserts, res.Inserted, nil)
+			return res, durable, nil
 		}
-		return res, nil
+		// The loop reuses its slice of requests: keep this cycle's.
+		reqs := slices.Clone(inserts)
+		e.acks.Go(func() { e.acknowledgeAll(reqs, res.Inserted, durable()) })
+		return res, durable, nil
 	}
 	if errors.Is(err, store.ErrCommitUnknown) {
 		// The cycle may have stored the inserts: trying them again could
@@ -279,7 +293,7 @@ func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []fi
 		for _, r := range inserts {
 			e.acknowledge(r, nil, err)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	// The failed cycle may have waited long (a database restart): take
 	// the time anew, so a job's due time is not older than its answer.
@@ -289,7 +303,21 @@ func (e *Engine) exchange(now time.Time, inserts []*insertRequest, finishes []fi
 			Jobs: r.jobs, Now: now, IdempotencySince: now.Add(-e.idempotencyWindow())})
 		e.acknowledge(r, res, err)
 	}
-	return nil, err
+	return nil, nil, err
+}
+
+// acknowledgeAll answers a cycle's insert requests: with their share of
+// inserted, or with err (a failed sync: the outcome is unknown).
+func (e *Engine) acknowledgeAll(inserts []*insertRequest, inserted []store.InsertResult, err error) {
+	for _, r := range inserts {
+		if err != nil {
+			e.acknowledge(r, nil, err)
+			continue
+		}
+		n := len(r.jobs)
+		e.acknowledge(r, inserted[:n:n], nil)
+		inserted = inserted[n:]
+	}
 }
 
 func (e *Engine) acknowledge(r *insertRequest, res []store.InsertResult, err error) {
@@ -372,7 +400,9 @@ func (e *Engine) freeSlots(rotate int) ([]store.KindLimit, int) {
 	return limits, min(global, e.cfg.MaxBatch)
 }
 
-func (e *Engine) startJob(j *store.Job, leaseUntil time.Time) {
+// startJob counts j as running here and starts its attempt once durable
+// (nil: already) says the claim is durable.
+func (e *Engine) startJob(j *store.Job, leaseUntil time.Time, durable store.Durable) {
 	k := e.kinds[j.Kind]
 	e.known[j.ID] = j.LeaseToken
 	k.running++
@@ -380,7 +410,7 @@ func (e *Engine) startJob(j *store.Job, leaseUntil time.Time) {
 	e.metrics.Started.Add(1)
 	e.metrics.kind(j.Kind).Started.Add(1)
 	e.workers.Add(1)
-	go e.work(k, j, leaseUntil)
+	go e.work(k, j, leaseUntil, durable)
 }
 
 type finishRequest struct {
@@ -391,8 +421,18 @@ type finishRequest struct {
 
 // work runs one attempt and hands its outcome to the store loop.
 // leaseUntil is the claim's lease end.
-func (e *Engine) work(k *kindState, j *store.Job, leaseUntil time.Time) {
+func (e *Engine) work(k *kindState, j *store.Job, leaseUntil time.Time, durable store.Durable) {
 	defer e.workers.Done()
+	if durable != nil {
+		if err := durable(); err != nil {
+			// The claim may be lost with the commit: running the job
+			// could repeat it after a restart, out of its key's order.
+			e.log.Error("job not started: its claim may not be durable", "job_id", j.ID, "err", err)
+			e.finish <- finishRequest{FinishParams: store.FinishParams{ID: j.ID, Owner: e.cfg.Owner,
+				LeaseToken: j.LeaseToken, Outcome: store.OutcomeRelease}, kind: j.Kind}
+			return
+		}
+	}
 	// A process stalled (SIGSTOP, a long GC pause, a frozen VM) between
 	// claiming a job and starting it may wake after its lease ended: the
 	// job may have been rescued and run elsewhere, maybe with its key's

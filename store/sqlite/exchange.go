@@ -94,8 +94,22 @@ const (
 	blockSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 1 WHERE kh = ?1`
 )
 
-// Exchange runs a cycle's inserts, finishes and claim in one transaction.
+// Exchange runs a cycle's inserts, finishes and claim in one transaction
+// and returns once it is durable.
 func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.ExchangeResult, error) {
+	res, durable, err := s.ExchangeDeferred(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := durable(); err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	return res, nil
+}
+
+// ExchangeDeferred is Exchange, returning as soon as the transaction is
+// committed; it is durable once durable returns nil (store.DeferredSyncer).
+func (s *Store) ExchangeDeferred(ctx context.Context, p store.ExchangeParams) (*store.ExchangeResult, store.Durable, error) {
 	if p.Now.IsZero() {
 		p.Now = time.Now()
 	}
@@ -110,7 +124,7 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 		loggedSeq int64
 		foldedSeq int64
 	)
-	err := s.inLineTx(ctx, func(tx *sql.Tx) error {
+	durable, err := s.commitLineTx(ctx, func(tx *sql.Tx) error {
 		res = &store.ExchangeResult{}
 		w := &lineWriter{ctx: ctx, tx: tx, store: s, claims: &s.claims}
 		defer w.close()
@@ -150,7 +164,7 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	if err != nil {
 		// Ids may have been handed out for rows that were rolled back.
 		s.rowidIsLastID = false
-		return nil, fmt.Errorf("sqlite: %w", err)
+		return nil, nil, fmt.Errorf("sqlite: %w", err)
 	}
 	if len(p.Inserts) > 0 {
 		// Any row written carries the highest id handed out so far: the
@@ -172,7 +186,7 @@ func (s *Store) Exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	if p.Claim != nil {
 		s.claims.add(res.Claimed, p.Claim.Owner, p.Claim.LeaseUntil)
 	}
-	return res, nil
+	return res, durable, nil
 }
 
 // InsertMany stores a batch in one transaction.

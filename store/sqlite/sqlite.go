@@ -1,6 +1,7 @@
 // Package sqlite is herald's default store: an embedded SQLite database
-// (modernc.org/sqlite, pure Go) in WAL mode with synchronous=FULL, so a
-// committed transaction survives a crash or power loss.
+// (modernc.org/sqlite, pure Go) in WAL mode. A transaction is reported
+// committed only once its WAL frames are flushed to disk (walsync.go), so
+// it survives a crash or power loss.
 //
 // One process owns a database file at a time (an advisory lock enforces it),
 // so which jobs are running is kept in that process's memory (claims.go):
@@ -46,6 +47,7 @@ type Store struct {
 	writer *sql.DB // one connection: SQLite has a single writer anyway
 	reader *sql.DB // WAL lets readers run beside the writer
 	ckpt   checkpointer
+	wal    walSyncer
 
 	exchangeMu sync.Mutex
 	claims     claimTable
@@ -292,7 +294,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s.done.init()
 	s.foldAt, s.foldChunk = defaultFoldAt, defaultFoldChunk
 	s.memo.init(int64(max(opts.LineMemoMiB, 0)) << 20)
-	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(%d)",
+	pragmas := fmt.Sprintf("_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(%d)&_pragma=cache_size(-%d)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(%d)",
 		opts.BusyTimeout.Milliseconds(), opts.CacheMiB*1024, backstopBytes/pageSize)
 	s.writer, err = sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
 	if err != nil {
@@ -302,6 +304,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s.writer.SetMaxIdleConns(1)
 	s.writer.SetConnMaxLifetime(0)
 	s.writer.SetConnMaxIdleTime(0)
+	// The writer does not flush its commits (synchronous=NORMAL above): the
+	// syncer does, off the store loop, before any commit is reported.
+	s.wal.start(path)
 	if err := s.migrate(ctx); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
@@ -363,7 +368,7 @@ func (s *Store) Close() error {
 	if s.writer != nil && s.done.len() > 0 {
 		errs = append(errs, s.foldAll(context.Background()))
 	}
-	errs = append(errs, s.ckpt.close())
+	errs = append(errs, s.ckpt.close(), s.wal.close())
 	for _, st := range s.stmts {
 		errs = append(errs, st.Close())
 	}
@@ -386,6 +391,9 @@ func (s *Store) Close() error {
 
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error {
+	if err := s.wal.broken(); err != nil {
+		return err
+	}
 	return s.reader.PingContext(ctx)
 }
 
@@ -425,32 +433,56 @@ func (s *Store) migrate(ctx context.Context) error {
 	return nil
 }
 
-// inTx runs fn in a write transaction (BEGIN IMMEDIATE) and commits.
+// inTx runs fn in a write transaction (BEGIN IMMEDIATE), commits, and
+// returns once the commit is durable.
 func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	durable, err := s.commitTx(ctx, fn)
+	if err != nil {
+		return err
+	}
+	return durable()
+}
+
+// commitTx runs fn in a write transaction and commits it; the commit is
+// visible at once and durable when the returned Durable says so.
+func (s *Store) commitTx(ctx context.Context, fn func(tx *sql.Tx) error) (store.Durable, error) {
+	if err := s.wal.broken(); err != nil {
+		return nil, err
+	}
 	tx, err := s.writer.BeginTx(ctx, nil)
 	if err != nil {
-		return wrap(err)
+		return nil, wrap(err)
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback()
-		return wrap(err)
+		return nil, wrap(err)
 	}
-	err = tx.Commit()
-	if err == nil {
-		s.ckpt.committed()
+	s.wal.settle()
+	if err := tx.Commit(); err != nil {
+		return nil, wrap(err)
 	}
-	return wrap(err)
+	s.ckpt.committed()
+	return s.wal.committed(), nil
 }
 
 // inLineTx is inTx for transactions that move lines (under exchangeMu, or
 // in Open): if it fails, the line memo forgets everything, since fn may
 // have changed it to match writes that were rolled back.
 func (s *Store) inLineTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	err := s.inTx(ctx, fn)
+	durable, err := s.commitLineTx(ctx, fn)
+	if err != nil {
+		return err
+	}
+	return durable()
+}
+
+// commitLineTx is commitTx for transactions that move lines (see inLineTx).
+func (s *Store) commitLineTx(ctx context.Context, fn func(tx *sql.Tx) error) (store.Durable, error) {
+	durable, err := s.commitTx(ctx, fn)
 	if err != nil {
 		s.memo.reset()
 	}
-	return err
+	return durable, err
 }
 
 // wrap marks errors that mean "the store cannot write right now" with

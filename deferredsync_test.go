@@ -1,0 +1,165 @@
+package herald_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heraldmq/herald"
+	"github.com/heraldmq/herald/store"
+	"github.com/heraldmq/herald/store/sqlite"
+)
+
+// gatedSync is the SQLite store with control over when its commits become
+// durable. From the first exchange with inserts until release, every
+// exchange's durability waits for release's verdict, as a disk that has
+// not flushed yet would hold back that commit and all after it; before
+// and after, commits are durable as the store says.
+type gatedSync struct {
+	*sqlite.Store
+	mu      sync.Mutex
+	round   chan struct{} // closed by release; nil: not gated
+	verdict error
+	gated   atomic.Int64 // exchanges gated so far
+}
+
+func (g *gatedSync) ExchangeDeferred(ctx context.Context, p store.ExchangeParams) (*store.ExchangeResult, store.Durable, error) {
+	res, durable, err := g.Store.ExchangeDeferred(ctx, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.round == nil && len(p.Inserts) > 0 && g.gated.Load() == 0 {
+		g.round = make(chan struct{})
+	}
+	if g.round == nil {
+		return res, durable, nil
+	}
+	g.gated.Add(1)
+	round := g.round
+	return res, func() error {
+		<-round
+		g.mu.Lock()
+		verdict := g.verdict
+		g.mu.Unlock()
+		if verdict != nil {
+			return fmt.Errorf("%w: %w", store.ErrCommitUnknown, verdict)
+		}
+		return durable()
+	}, nil
+}
+
+// release decides the gated commits (nil: durable) and ungates the rest.
+func (g *gatedSync) release(verdict error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.round != nil {
+		g.verdict = verdict
+		close(g.round)
+		g.round = nil
+	}
+}
+
+// newGatedClient is a client on a gatedSync store. A test that fails
+// while commits are gated releases them before the client stops, which
+// would otherwise wait for them for ever.
+func newGatedClient(t *testing.T) (*herald.Client, *gatedSync) {
+	t.Helper()
+	drv := &gatedSync{Store: openStore(t)}
+	cfg := testConfig(t)
+	cfg.Store = drv
+	c := newClient(t, cfg)
+	t.Cleanup(func() { drv.release(nil) })
+	return c, drv
+}
+
+// With a driver whose commits become durable after they return, the engine
+// acknowledges an enqueue and starts a claimed job only once the commit is
+// durable, and writes its next cycles meanwhile.
+func TestEngineWaitsForDurability(t *testing.T) {
+	t.Parallel()
+	c, drv := newGatedClient(t)
+	var ran atomic.Int64
+	mustRegister(t, c, "k", func(context.Context, *herald.Job) error {
+		ran.Add(1)
+		return nil
+	}, herald.KindConfig{})
+	mustStart(t, c)
+
+	type answer struct {
+		job *herald.Job
+		err error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		r, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "k", Key: "acct"})
+		if err != nil {
+			answered <- answer{nil, err}
+			return
+		}
+		answered <- answer{r.Job, nil}
+	}()
+	waitFor(t, 5*time.Second, "the insert's exchange", func() bool { return drv.gated.Load() > 0 })
+	select {
+	case a := <-answered:
+		t.Fatalf("enqueue answered before its commit was durable: %v, %v", a.job, a.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if n := ran.Load(); n != 0 {
+		t.Fatalf("%d jobs ran before their claim was durable", n)
+	}
+
+	drv.release(nil)
+	a := <-answered
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	waitState(t, c, a.job.ID, herald.StateCompleted)
+	if n := ran.Load(); n != 1 {
+		t.Errorf("the job ran %d times, want 1", n)
+	}
+}
+
+// When a commit's sync fails, its enqueues are answered with
+// ErrCommitUnknown (the job may or may not survive a power loss) and its
+// claimed jobs are not run from that claim: they go back to their line
+// and run once a later claim is durable.
+func TestEngineDurabilityFailure(t *testing.T) {
+	t.Parallel()
+	c, drv := newGatedClient(t)
+	var ran atomic.Int64
+	mustRegister(t, c, "k", func(context.Context, *herald.Job) error {
+		ran.Add(1)
+		return nil
+	}, herald.KindConfig{})
+	mustStart(t, c)
+
+	answered := make(chan error, 1)
+	go func() {
+		_, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "k", Key: "acct"})
+		answered <- err
+	}()
+	waitFor(t, 5*time.Second, "the insert's exchange", func() bool { return drv.gated.Load() > 0 })
+	drv.release(errors.New("injected: the disk lost the flush"))
+	if err := <-answered; !errors.Is(err, store.ErrCommitUnknown) {
+		t.Fatalf("Enqueue = %v, want ErrCommitUnknown", err)
+	}
+	if n := ran.Load(); n != 0 {
+		t.Fatalf("%d jobs ran from a claim whose commit failed to sync", n)
+	}
+	// The store itself is sound (only the injected sync failed): the job
+	// was stored, released unrun, and runs from a later, durable claim.
+	jobs, err := c.List(t.Context(), herald.ListParams{Key: "acct"})
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("List = %v, %v; want the one job", jobs, err)
+	}
+	waitState(t, c, jobs[0].ID, herald.StateCompleted)
+	if n := ran.Load(); n != 1 {
+		t.Errorf("the job ran %d times, want 1", n)
+	}
+}
