@@ -138,7 +138,13 @@ func startServer(t *testing.T, dataDir, yaml string, extra ...string) *server {
 func (s *server) stop(sig syscall.Signal, timeout time.Duration) error {
 	s.t.Helper()
 	if err := s.cmd.Process.Signal(sig); err != nil {
-		s.t.Fatal(err)
+		// It exited on its own before the signal: say how, and what it logged.
+		select {
+		case exit := <-s.done:
+			s.t.Fatalf("signal %s: %v (it had exited: %v):\n%s", sig, err, exit, s.logs.String())
+		case <-time.After(timeout):
+			s.t.Fatalf("signal %s: %v:\n%s", sig, err, s.logs.String())
+		}
 	}
 	select {
 	case err := <-s.done:

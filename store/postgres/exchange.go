@@ -358,9 +358,15 @@ func (s *Store) queueFinishClaim(b *pgx.Batch, p store.ExchangeParams, out *[]*s
 		skipTag := tagSkipper{rows}
 		var fin bool
 		var id int64
-		head := make([]any, len(rows.FieldDescriptions())) // the tag and id; nil skips the rest
-		head[0], head[1] = &fin, &id
+		var head []any // the tag and id; nil skips the rest
 		for rows.Next() {
+			if head == nil {
+				// Only a row proves a result: a failed batch (the
+				// connection dropped) hands this function rows without
+				// one, whose FieldDescriptions would be a nil dereference.
+				head = make([]any, len(rows.FieldDescriptions()))
+				head[0], head[1] = &fin, &id
+			}
 			if err := rows.Scan(head...); err != nil {
 				return err
 			}
