@@ -17,7 +17,7 @@ import (
 const commitSiblings = 16
 
 // commitWait is how long a cycle holding pending insert requests waits
-// for more before it commits, when the previous cycle wrote last of them.
+// for more before it commits; last is how many the previous cycle wrote.
 // Group commit: while many producers enqueue a job at a time, a moment's
 // wait lets more of them share this cycle's commit. A lone producer never
 // waits, so an idle engine's pickup latency is unchanged.
