@@ -70,8 +70,9 @@ var (
 	// ErrUnavailable: the store cannot take writes right now; retry later.
 	ErrUnavailable = store.ErrUnavailable
 	// ErrCommitUnknown: the connection to the store broke while the write
-	// committed, so it may or may not have been stored (it also matches
-	// ErrUnavailable). Retry with an idempotency key to be safe.
+	// committed, or its flush to disk failed, so it may or may not have
+	// been stored (it also matches ErrUnavailable). Retry with an
+	// idempotency key to be safe.
 	ErrCommitUnknown = store.ErrCommitUnknown
 )
 

@@ -28,11 +28,12 @@ var (
 	// ErrUnavailable means the store cannot take writes right now (disk full,
 	// read-only, locked). It is temporary: retry later.
 	ErrUnavailable = errors.New("store unavailable")
-	// ErrCommitUnknown means the connection to the store broke while a
-	// transaction committed: its writes may or may not have been applied.
-	// Drivers wrap it together with ErrUnavailable. Enqueuers cannot tell
-	// whether their jobs were stored; an idempotency key makes the retry
-	// safe.
+	// ErrCommitUnknown means a transaction's outcome is in doubt: the
+	// connection to the store broke while it committed, or its flush to
+	// disk failed. Its writes may or may not have been applied (or survive
+	// a power loss). Drivers wrap it together with ErrUnavailable.
+	// Enqueuers cannot tell whether their jobs were stored; an idempotency
+	// key makes the retry safe.
 	ErrCommitUnknown = errors.New("store commit outcome unknown")
 )
 
@@ -317,7 +318,7 @@ type Elector interface {
 }
 
 // Durable waits until a commit is durable and returns nil, or returns an
-// error wrapping ErrCommitUnknown if it may never be (the sync failed).
+// error wrapping ErrCommitUnknown (and ErrUnavailable) if it may never be.
 type Durable func() error
 
 // DeferredSyncer is implemented by drivers that can return from an

@@ -576,7 +576,7 @@ func (s *Server) writeClientError(w http.ResponseWriter, r *http.Request, err er
 	case errors.Is(err, herald.ErrWrongState):
 		writeError(w, http.StatusConflict, apiError{Code: "wrong_state", Message: "the job is in the wrong state for this operation"})
 	case errors.Is(err, herald.ErrCommitUnknown):
-		s.unavailable(w, "commit_unknown", "the connection to the store broke while the write committed: it may or may not have been stored; retry with an idempotency_key to be safe")
+		s.unavailable(w, "commit_unknown", "the store could not confirm the write: its connection broke while it committed, or its flush to disk failed; it may or may not have been stored; retry with an idempotency_key to be safe")
 	case errors.Is(err, herald.ErrUnavailable):
 		s.unavailable(w, "store_unavailable", "the store cannot take writes right now (disk full, read-only, locked, or its database unreachable); retry later, with an idempotency_key if a duplicate would matter")
 	case errors.Is(err, herald.ErrStopped), errors.Is(err, herald.ErrNotStarted):

@@ -61,7 +61,7 @@ func (w *walSyncer) committed() store.Durable {
 		if err == nil {
 			err = errors.New("sqlite: store closed before the commit was flushed")
 		}
-		return func() error { return fmt.Errorf("%w: %w", store.ErrCommitUnknown, err) }
+		return func() error { return fmt.Errorf("%w: %w: %w", store.ErrUnavailable, store.ErrCommitUnknown, err) }
 	}
 	r := w.next
 	if r == nil {
@@ -76,7 +76,7 @@ func (w *walSyncer) committed() store.Durable {
 	return func() error {
 		<-r.done
 		if r.err != nil {
-			return fmt.Errorf("%w: %w", store.ErrCommitUnknown, r.err)
+			return fmt.Errorf("%w: %w: %w", store.ErrUnavailable, store.ErrCommitUnknown, r.err)
 		}
 		return nil
 	}

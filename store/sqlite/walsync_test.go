@@ -169,8 +169,8 @@ func TestFlushFailureStopsWrites(t *testing.T) {
 	}
 	release <- errors.New("EIO")
 	err = durable()
-	if !errors.Is(err, store.ErrCommitUnknown) || !errors.Is(err, ErrSyncFailed) {
-		t.Fatalf("durable() = %v, want ErrCommitUnknown and ErrSyncFailed", err)
+	if !errors.Is(err, store.ErrCommitUnknown) || !errors.Is(err, store.ErrUnavailable) || !errors.Is(err, ErrSyncFailed) {
+		t.Fatalf("durable() = %v, want ErrCommitUnknown, ErrUnavailable and ErrSyncFailed", err)
 	}
 	for name, fn := range map[string]func() error{
 		"Exchange": func() error { _, err := s.Exchange(ctx, oneInsert("b")); return err },
