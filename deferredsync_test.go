@@ -15,16 +15,22 @@ import (
 )
 
 // gatedSync is the SQLite store with control over when its commits become
-// durable. From the first exchange with inserts until release, every
-// exchange's durability waits for release's verdict, as a disk that has
-// not flushed yet would hold back that commit and all after it; before
-// and after, commits are durable as the store says.
+// durable. From the first exchange with inserts on, every exchange's
+// durability waits for the round it joined to be decided, as a disk that
+// has not flushed yet holds back that commit and all after it; before it,
+// and once opened, commits are durable as the store says.
 type gatedSync struct {
 	*sqlite.Store
-	mu      sync.Mutex
-	round   chan struct{} // closed by release; nil: not gated
+	mu     sync.Mutex
+	gating bool
+	opened bool
+	round  *gateRound // the undecided round, if any
+	gated  atomic.Int64
+}
+
+type gateRound struct {
+	done    chan struct{}
 	verdict error
-	gated   atomic.Int64 // exchanges gated so far
 }
 
 func (g *gatedSync) ExchangeDeferred(ctx context.Context, p store.ExchangeParams) (*store.ExchangeResult, store.Durable, error) {
@@ -34,35 +40,44 @@ func (g *gatedSync) ExchangeDeferred(ctx context.Context, p store.ExchangeParams
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.round == nil && len(p.Inserts) > 0 && g.gated.Load() == 0 {
-		g.round = make(chan struct{})
+	if len(p.Inserts) > 0 && !g.opened {
+		g.gating = true
 	}
-	if g.round == nil {
+	if !g.gating {
 		return res, durable, nil
 	}
+	if g.round == nil {
+		g.round = &gateRound{done: make(chan struct{})}
+	}
 	g.gated.Add(1)
-	round := g.round
+	r := g.round
 	return res, func() error {
-		<-round
-		g.mu.Lock()
-		verdict := g.verdict
-		g.mu.Unlock()
-		if verdict != nil {
-			return fmt.Errorf("%w: %w", store.ErrCommitUnknown, verdict)
+		<-r.done
+		if r.verdict != nil {
+			return fmt.Errorf("%w: %w", store.ErrCommitUnknown, r.verdict)
 		}
 		return durable()
 	}, nil
 }
 
-// release decides the gated commits (nil: durable) and ungates the rest.
-func (g *gatedSync) release(verdict error) {
+// decide settles the commits gated so far (nil: durable); later ones stay
+// gated.
+func (g *gatedSync) decide(verdict error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.round != nil {
-		g.verdict = verdict
-		close(g.round)
+	if r := g.round; r != nil {
+		r.verdict = verdict
+		close(r.done)
 		g.round = nil
 	}
+}
+
+// release decides the gated commits and lets every later one through.
+func (g *gatedSync) release(verdict error) {
+	g.decide(verdict)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.gating, g.opened = false, true
 }
 
 // newGatedClient is a client on a gatedSync store. A test that fails
@@ -145,13 +160,17 @@ func TestEngineDurabilityFailure(t *testing.T) {
 		answered <- err
 	}()
 	waitFor(t, 5*time.Second, "the insert's exchange", func() bool { return drv.gated.Load() > 0 })
-	drv.release(errors.New("injected: the disk lost the flush"))
+	drv.decide(errors.New("injected: the disk lost the flush"))
 	if err := <-answered; !errors.Is(err, store.ErrCommitUnknown) {
 		t.Fatalf("Enqueue = %v, want ErrCommitUnknown", err)
 	}
+	// Later commits stay gated for a moment: the job's release and any
+	// new claim of it are not durable yet, so nothing may run.
+	time.Sleep(100 * time.Millisecond)
 	if n := ran.Load(); n != 0 {
 		t.Fatalf("%d jobs ran from a claim whose commit failed to sync", n)
 	}
+	drv.release(nil)
 	// The store itself is sound (only the injected sync failed): the job
 	// was stored, released unrun, and runs from a later, durable claim.
 	jobs, err := c.List(t.Context(), herald.ListParams{Key: "acct"})
