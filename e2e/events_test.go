@@ -72,8 +72,10 @@ topics:
 
 // postEvents posts events (account per event) to the topic with one
 // goroutine per group of accounts, so each account's events are posted, and
-// acknowledged, in order. It returns the acknowledgements.
-func postEvents(ctx context.Context, t *testing.T, s *server, rec *history.Recorder, accounts []int, workers int) error {
+// acknowledged, in order. It returns the acknowledgements. sent, if not
+// nil, is called with each event's account and the time its request was
+// sent, before the request (in each account's order).
+func postEvents(ctx context.Context, t *testing.T, s *server, rec *history.Recorder, accounts []int, workers int, sent func(account int, at time.Time)) error {
 	t.Helper()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
 	defer client.CloseIdleConnections()
@@ -87,6 +89,9 @@ func postEvents(ctx context.Context, t *testing.T, s *server, rec *history.Recor
 					continue
 				}
 				body := fmt.Sprintf(`{"account_id": %d, "seq": %d, "type": "renewed"}`, a, seq[a])
+				if sent != nil {
+					sent(a, time.Now())
+				}
 				code, resp, err := post(ctx, client, s.url("/v1/events/account-events"), body)
 				if err != nil || code != http.StatusCreated {
 					errs <- fmt.Errorf("post event: %d %s %w", code, resp, err)
@@ -139,11 +144,33 @@ func TestEventsMakespan(t *testing.T) {
 	}
 	bound := time.Duration(busiest) * work
 
+	// No delivery of an event can start before its request was sent: on a
+	// loaded machine posting alone can take longer than the bound.
+	var sentMu sync.Mutex
+	sentAt := make([][]time.Time, accounts)
 	start := time.Now()
-	if err := postEvents(t.Context(), t, s, rec, order, 64); err != nil {
+	if err := postEvents(t.Context(), t, s, rec, order, 64, func(a int, at time.Time) {
+		sentMu.Lock()
+		sentAt[a] = append(sentAt[a], at)
+		sentMu.Unlock()
+	}); err != nil {
 		t.Fatal(err)
 	}
 	posted := time.Since(start)
+	// arrivalBound is the makespan of an ideal queue given when the
+	// events were sent: each account's events one after another, none
+	// before it was sent.
+	var arrivalBound time.Duration
+	for _, times := range sentAt {
+		end := start
+		for _, at := range times {
+			if at.After(end) {
+				end = at
+			}
+			end = end.Add(work)
+		}
+		arrivalBound = max(arrivalBound, end.Sub(start))
+	}
 	deadline := time.Now().Add(bound*2 + time.Minute)
 	for rcv.received.Load() < int64(events) {
 		if time.Now().After(deadline) {
@@ -154,8 +181,9 @@ func TestEventsMakespan(t *testing.T) {
 	makespan := time.Unix(0, rcv.lastEnd.Load()).Sub(start)
 	rep := rec.Check(history.Options{})
 	ratio := makespan.Seconds() / bound.Seconds()
-	t.Logf("%d events, %d accounts: posted in %s; bound %s, makespan %s, ratio %.3f; %s",
-		events, accounts, posted.Round(time.Millisecond), bound, makespan.Round(time.Millisecond), ratio, rep)
+	t.Logf("%d events, %d accounts: posted in %s; bound %s, makespan %s, ratio %.3f; bound given the send times %s, ratio %.3f; %s",
+		events, accounts, posted.Round(time.Millisecond), bound, makespan.Round(time.Millisecond), ratio,
+		arrivalBound.Round(time.Millisecond), makespan.Seconds()/arrivalBound.Seconds(), rep)
 	if err := rep.Err(); err != nil {
 		t.Error(err)
 	}
@@ -166,9 +194,15 @@ func TestEventsMakespan(t *testing.T) {
 	// with `HERALD_E2E_STRICT=1 go test -run TestEventsMakespan -v ./e2e`
 	// and recorded in docs/benchmarks.md. Under a loaded, race-enabled CI
 	// run the default limit only catches gross regressions (sharding or
-	// head-of-line blocking: seed 003 took 4x).
-	if limit := makespanLimit(); !testing.Short() && ratio > limit {
-		t.Errorf("makespan %s is %.3f x the bound %s (limit %.2f)", makespan.Round(time.Millisecond), ratio, bound, limit)
+	// head-of-line blocking: seed 003 took 4x), against the bound given
+	// the send times, so that slow posting on an overloaded machine is not
+	// counted against delivery.
+	judged := bound // the issue's measure
+	if os.Getenv("HERALD_E2E_STRICT") != "1" {
+		judged = max(bound, arrivalBound)
+	}
+	if limit, r := makespanLimit(), makespan.Seconds()/judged.Seconds(); !testing.Short() && r > limit {
+		t.Errorf("makespan %s is %.3f x the bound %s (limit %.2f)", makespan.Round(time.Millisecond), r, judged.Round(time.Millisecond), limit)
 	}
 	if err := s.stop(syscall.SIGTERM, 40*time.Second); err != nil {
 		t.Errorf("herald serve exited with %v after SIGTERM:\n%s", err, s.logs.String())
@@ -199,7 +233,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	if code, body, err := post(t.Context(), control, s.url("/v1/kinds/process-event/pause"), ""); err != nil || code != http.StatusOK {
 		t.Fatalf("pause: %d %s %v", code, body, err)
 	}
-	if err := postEvents(t.Context(), t, s, rec, accounts, 16); err != nil {
+	if err := postEvents(t.Context(), t, s, rec, accounts, 16, nil); err != nil {
 		t.Fatal(err)
 	}
 	if code, body, err := post(t.Context(), control, s.url("/v1/kinds/process-event/resume"), ""); err != nil || code != http.StatusOK {

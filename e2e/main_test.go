@@ -62,6 +62,8 @@ type server struct {
 	addr string
 	logs *strings.Builder
 	done chan error
+	// exited is closed once the process has exited and been waited for.
+	exited chan struct{}
 }
 
 // freeAddr returns a loopback address nobody listens on right now.
@@ -92,7 +94,7 @@ func startServer(t *testing.T, dataDir, yaml string, extra ...string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, cmd: cmd, addr: addr, logs: &strings.Builder{}, done: make(chan error, 1)}
+	s := &server{t: t, cmd: cmd, addr: addr, logs: &strings.Builder{}, done: make(chan error, 1), exited: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -106,13 +108,21 @@ func startServer(t *testing.T, dataDir, yaml string, extra ...string) *server {
 	}()
 	go func() {
 		<-logsDone
-		s.done <- cmd.Wait()
+		err := cmd.Wait()
+		close(s.exited)
+		s.done <- err
 	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			if err := cmd.Process.Kill(); err == nil {
-				t.Logf("killed herald serve left running by the test: %v", <-s.done)
-			}
+		// Not cmd.ProcessState: Wait writes it on the goroutine above,
+		// and a process that exited by itself (a crash) is not waited
+		// for by the test.
+		select {
+		case <-s.exited:
+			return
+		default:
+		}
+		if err := cmd.Process.Kill(); err == nil {
+			t.Logf("killed herald serve left running by the test: %v", <-s.done)
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)

@@ -36,7 +36,12 @@ func enqueueOnce(t *testing.T, s *server, payloadBytes int) (int, string) {
 	defer cancel()
 	code, resp, err := post(ctx, http.DefaultClient, s.url("/v1/jobs"), body)
 	if err != nil {
-		t.Fatalf("enqueue: %v", err)
+		select {
+		case exit := <-s.done:
+			t.Fatalf("enqueue: %v; herald serve had exited: %v:\n%s", err, exit, s.logs.String())
+		case <-time.After(5 * time.Second):
+			t.Fatalf("enqueue: %v (herald serve still running)", err)
+		}
 	}
 	var e struct {
 		Error struct {

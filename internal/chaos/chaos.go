@@ -230,6 +230,12 @@ type Result struct {
 	// UnplannedExits counts nodes found dead that no fault killed: each is
 	// worth reading in its log (a crash is a bug even if nothing was lost).
 	UnplannedExits int
+	// StaleAttempts counts deliveries that reached the sink after a
+	// higher attempt of the same job had: a node frozen between its last
+	// lease check and the send (docs/webhooks.md, "Fencing stale
+	// attempts"). A fencing receiver refuses them, so the history is
+	// judged without them.
+	StaleAttempts int
 
 	// Report is the history checker's verdict over every phase.
 	Report history.Report
@@ -335,6 +341,9 @@ func (r Result) Summary() string {
 	fmt.Fprintf(&b, "faults: %s\n", strings.Join(kinds, " "))
 	if r.UnplannedExits > 0 {
 		fmt.Fprintf(&b, "WARNING: %d node exits no fault caused (see the node logs)\n", r.UnplannedExits)
+	}
+	if r.StaleAttempts > 0 {
+		fmt.Fprintf(&b, "stale attempts fenced (a frozen node's sends after its job ran again): %d\n", r.StaleAttempts)
 	}
 	fmt.Fprintf(&b, "requests: sent=%d acked=%d refused=%d rejected=%d indeterminate=%d\n", r.Sent, r.Acked, r.Refused, r.Rejected, r.Indeterminate)
 	if len(r.RejectCodes) > 0 {
@@ -902,16 +911,20 @@ func (h *harness) cleanup() {
 
 // judge reads the sink logs and checks the history.
 func (h *harness) judge(res Result) (Result, error) {
-	var recs []history.Record
+	var all []delivery
 	h.writeFaultLog()
 	for _, l := range h.sinkLogs {
 		ds, err := readSinkLog(l)
 		if err != nil {
 			return res, err
 		}
-		for _, d := range ds {
-			recs = append(recs, d.Record)
-		}
+		all = append(all, ds...)
+	}
+	recs, stale := fenceStale(all)
+	res.StaleAttempts = len(stale)
+	for _, d := range stale {
+		h.log.Info("stale attempt fenced (a frozen node's send after its job ran again)",
+			"job_id", d.jobID, "attempt", d.Attempt, "key", d.Key, "seq", d.Seq, "start", d.Start)
 	}
 	wl := h.wl
 	wl.mu.Lock()
@@ -997,6 +1010,29 @@ func (h *harness) judge(res Result) (Result, error) {
 	res.AmbiguousStored = len(stored)
 	res.Baseline, res.WithPoison = latencyOf(base), latencyOf(poison)
 	return res, nil
+}
+
+// fenceStale drops the deliveries that a receiver fencing on
+// Herald-Job-Id and Herald-Attempt refuses: those that arrived after a
+// higher attempt of the same job had arrived (docs/webhooks.md). The
+// sink itself does not fence, and its state would not survive its
+// restarts; judging the whole run's logs in arrival order is the fence a
+// receiver with durable state keeps.
+func fenceStale(ds []delivery) (kept []history.Record, stale []delivery) {
+	ds = slices.Clone(ds)
+	slices.SortStableFunc(ds, func(a, b delivery) int { return a.Start.Compare(b.Start) })
+	highest := map[int64]int{}
+	for _, d := range ds {
+		if d.jobID != 0 && d.Attempt < highest[d.jobID] {
+			stale = append(stale, d)
+			continue
+		}
+		if d.jobID != 0 {
+			highest[d.jobID] = d.Attempt
+		}
+		kept = append(kept, d.Record)
+	}
+	return kept, stale
 }
 
 // writeFaultLog leaves the fault windows beside the sink logs, for
