@@ -12,12 +12,7 @@
 //     its enqueue outcome was indeterminate;
 //   - for each ordered key (Key != ""), attempts started in sequence order
 //     (no order violations) and never ran concurrently (no overlaps). Together
-//     these mean job n+1 of a key starts only after job n finished. A job
-//     whose enqueue was never acknowledged is not held to start before
-//     higher sequence numbers: its request may have been stored long after
-//     the producer gave up on it and sent the next (a node stopped with the
-//     request inside), so its place in the line is unknown. Jobs after it
-//     are still held to start after every acknowledged job before them.
+//     these mean job n+1 of a key starts only after job n finished.
 //
 // Duplicates (a job succeeding more than once) are reported but are not an
 // error: at-least-once delivery allows them for jobs in flight at a crash.
@@ -384,7 +379,7 @@ func Check(acks []Ack, recs []Record, opts Options) Report {
 	rep.Duplicates, rep.DuplicateIDs = len(dups), firstIDs(dups, limit)
 	rep.Mismatched, rep.MismatchedIDs = len(mismatched), firstIDs(mismatched, limit)
 
-	order, overlaps := checkKeys(recs, func(id int64) bool { _, ok := idx.get(id); return ok })
+	order, overlaps := checkKeys(recs)
 	rep.NumOrderViolations = len(order)
 	rep.NumOverlaps = len(overlaps)
 	for _, p := range firstPairs(recs, order, limit) {
@@ -450,10 +445,8 @@ func (st *idState) add(o Outcome) {
 }
 
 // checkKeys returns the order violations and overlaps among the attempts of
-// each ordered key. An attempt of a job that was not acknowledged (acked
-// says) is not a violation for starting after a higher sequence number:
-// when it was stored is unknown (see the package doc).
-func checkKeys(recs []Record, acked func(id int64) bool) (order, overlaps []pair) {
+// each ordered key.
+func checkKeys(recs []Record) (order, overlaps []pair) {
 	// Group record indexes by key with a counting sort: one map lookup per
 	// record instead of an O(n log n) sort on string keys.
 	keyIdx := make(map[string]int)
@@ -502,9 +495,7 @@ func checkKeys(recs []Record, acked func(id int64) bool) (order, overlaps []pair
 		for _, i := range grp[1:] {
 			switch {
 			case recs[i].Seq < recs[hi].Seq:
-				if acked(recs[i].ID) {
-					order = append(order, pair{hi, i})
-				}
+				order = append(order, pair{hi, i})
 			case recs[i].Seq > recs[hi].Seq:
 				hi = i
 			}
