@@ -80,17 +80,24 @@ func (g *gatedSync) release(verdict error) {
 	g.gating, g.opened = false, true
 }
 
-// newGatedClient is a client on a gatedSync store. A test that fails
-// while commits are gated releases them before the client stops, which
-// would otherwise wait for them for ever.
-func newGatedClient(t *testing.T) (*herald.Client, *gatedSync) {
+// newGatedClient is a started client on a gatedSync store, with kind "k"
+// counting its runs in ran. A test that fails while commits are gated
+// releases them before the client stops, which would otherwise wait for
+// them for ever.
+func newGatedClient(t *testing.T) (c *herald.Client, drv *gatedSync, ran *atomic.Int64) {
 	t.Helper()
-	drv := &gatedSync{Store: openStore(t)}
+	drv = &gatedSync{Store: openStore(t)}
 	cfg := testConfig(t)
 	cfg.Store = drv
-	c := newClient(t, cfg)
+	c = newClient(t, cfg)
 	t.Cleanup(func() { drv.release(nil) })
-	return c, drv
+	ran = &atomic.Int64{}
+	mustRegister(t, c, "k", func(context.Context, *herald.Job) error {
+		ran.Add(1)
+		return nil
+	}, herald.KindConfig{})
+	mustStart(t, c)
+	return c, drv, ran
 }
 
 // With a driver whose commits become durable after they return, the engine
@@ -98,13 +105,7 @@ func newGatedClient(t *testing.T) (*herald.Client, *gatedSync) {
 // durable, and writes its next cycles meanwhile.
 func TestEngineWaitsForDurability(t *testing.T) {
 	t.Parallel()
-	c, drv := newGatedClient(t)
-	var ran atomic.Int64
-	mustRegister(t, c, "k", func(context.Context, *herald.Job) error {
-		ran.Add(1)
-		return nil
-	}, herald.KindConfig{})
-	mustStart(t, c)
+	c, drv, ran := newGatedClient(t)
 
 	type answer struct {
 		job *herald.Job
@@ -146,13 +147,7 @@ func TestEngineWaitsForDurability(t *testing.T) {
 // and run once a later claim is durable.
 func TestEngineDurabilityFailure(t *testing.T) {
 	t.Parallel()
-	c, drv := newGatedClient(t)
-	var ran atomic.Int64
-	mustRegister(t, c, "k", func(context.Context, *herald.Job) error {
-		ran.Add(1)
-		return nil
-	}, herald.KindConfig{})
-	mustStart(t, c)
+	c, drv, ran := newGatedClient(t)
 
 	answered := make(chan error, 1)
 	go func() {
