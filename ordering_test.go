@@ -293,6 +293,18 @@ func TestConcurrencyCaps(t *testing.T) {
 			c := newClient(t, cfg)
 			var mu sync.Mutex
 			running, peak := map[string]int{}, map[string]int{}
+			// Handlers hold their slot until every cap in reach has been
+			// reached (or a second passed), so on a loaded machine the
+			// caps are reached however slowly the engine hands jobs out.
+			reached := make(chan struct{})
+			reachedAll := func() bool {
+				for _, kind := range tt.reach {
+					if peak[kind] < tt.maxPeak[kind] {
+						return false
+					}
+				}
+				return true
+			}
 			for kind, conc := range tt.kinds {
 				mustRegister(t, c, kind, func(ctx context.Context, j *herald.Job) error {
 					mu.Lock()
@@ -300,8 +312,19 @@ func TestConcurrencyCaps(t *testing.T) {
 					running[""]++
 					peak[kind] = max(peak[kind], running[kind])
 					peak[""] = max(peak[""], running[""])
+					select {
+					case <-reached:
+					default:
+						if reachedAll() {
+							close(reached)
+						}
+					}
 					mu.Unlock()
-					time.Sleep(20 * time.Millisecond)
+					select {
+					case <-reached:
+					case <-time.After(time.Second):
+					}
+					time.Sleep(2 * time.Millisecond)
 					mu.Lock()
 					running[kind]--
 					running[""]--

@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/heraldmq/herald/internal/history"
+	"github.com/heraldmq/herald/store"
 )
 
 // Fault kinds, as Config.Faults and Result.Faults name them.
@@ -236,6 +237,13 @@ type Result struct {
 	// attempts"). A fencing receiver refuses them, so the history is
 	// judged without them.
 	StaleAttempts int
+	// QueueFailedSuccesses counts deliveries the sink logged as successes
+	// that herald recorded as failed attempts: the sink's answer never
+	// reached herald, because it came after herald's webhook timeout (on a
+	// loaded machine the sink log's fsync alone can take that long) or the
+	// sink was killed before sending it. The reruns they cause are
+	// duplicates herald had to make; the checker counts them as recovered.
+	QueueFailedSuccesses int
 
 	// Report is the history checker's verdict over every phase.
 	Report history.Report
@@ -328,11 +336,11 @@ func (r Result) Err() error {
 // Summary is a multi-line human-readable account of the run.
 func (r Result) Summary() string {
 	var b strings.Builder
-	store := "sqlite"
+	storeName := "sqlite"
 	if r.Config.Postgres || r.Config.Store != "" {
-		store = "postgres"
+		storeName = "postgres"
 	}
-	fmt.Fprintf(&b, "store=%s nodes=%d cycles=%d seed=%d elapsed=%s\n", store, r.Config.Nodes, r.Cycles, r.Config.Seed, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(&b, "store=%s nodes=%d cycles=%d seed=%d elapsed=%s\n", storeName, r.Config.Nodes, r.Cycles, r.Config.Seed, r.Elapsed.Round(time.Millisecond))
 	kinds := make([]string, 0, len(r.Faults))
 	for k, n := range r.Faults {
 		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
@@ -344,6 +352,9 @@ func (r Result) Summary() string {
 	}
 	if r.StaleAttempts > 0 {
 		fmt.Fprintf(&b, "stale attempts fenced (a frozen node's sends after its job ran again): %d\n", r.StaleAttempts)
+	}
+	if r.QueueFailedSuccesses > 0 {
+		fmt.Fprintf(&b, "successes herald recorded as failed (the answer did not reach it: webhook timeout, or the sink died answering): %d\n", r.QueueFailedSuccesses)
 	}
 	fmt.Fprintf(&b, "requests: sent=%d acked=%d refused=%d rejected=%d indeterminate=%d\n", r.Sent, r.Acked, r.Refused, r.Rejected, r.Indeterminate)
 	if len(r.RejectCodes) > 0 {
@@ -380,10 +391,13 @@ type harness struct {
 	nodes []*process
 	// confirmedDead: poison uids herald reports discarded after the drain.
 	confirmedDead map[int64]bool
-	sink          *process
-	sinkLogs      []sinkLog
-	pg            *postgres
-	faults        []history.Fault
+	// queueFailed: attempts the sink logged as successes that herald
+	// recorded as failed (see queueFailures).
+	queueFailed map[history.AttemptRef]bool
+	sink        *process
+	sinkLogs    []sinkLog
+	pg          *postgres
+	faults      []history.Fault
 	// faultKinds[i] is the kind of faults[i].
 	faultKinds []string
 	sinkFaults Faults   // the sink's current faults
@@ -535,6 +549,10 @@ func (h *harness) run(ctx context.Context) (Result, error) {
 		return res, err
 	}
 	res.PoisonDeadLettered = dead
+	if err := h.queueFailures(ctx); err != nil {
+		return res, err
+	}
+	res.QueueFailedSuccesses = len(h.queueFailed)
 	for _, n := range h.nodes {
 		if err := n.terminate(30 * time.Second); err != nil {
 			return res, err
@@ -891,6 +909,79 @@ func (h *harness) poisonDiscarded(ctx context.Context) (int, error) {
 	return n, nil
 }
 
+// queueFailures asks herald about every job the sink saw succeed more than
+// once and remembers each of those successes that herald recorded as a
+// failed attempt: an error of the same attempt number, recorded between
+// the success's start and the job's next delivery. Herald retried because
+// it never got the sink's answer in time, not because it lost a success.
+// The time window matters: on SQLite an attempt cut short by a crash runs
+// again under its number, and that rerun's failure explains nothing.
+func (h *harness) queueFailures(ctx context.Context) error {
+	byJob := map[int64][]delivery{} // by herald job id
+	for _, l := range h.sinkLogs {
+		ds, err := readSinkLog(l)
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			byJob[d.jobID] = append(byJob[d.jobID], d)
+		}
+	}
+	h.queueFailed = map[history.AttemptRef]bool{}
+	for id, ds := range byJob {
+		if countSucceeded(ds) < 2 {
+			continue
+		}
+		errs, err := h.jobErrors(ctx, id)
+		if err != nil {
+			return err
+		}
+		slices.SortFunc(ds, func(a, b delivery) int { return a.Start.Compare(b.Start) })
+		for i, d := range ds[:len(ds)-1] {
+			if d.Outcome != history.Succeeded {
+				continue
+			}
+			for _, e := range errs {
+				if e.Attempt == d.Attempt && !e.At.Before(d.Start) && !e.At.After(ds[i+1].Start) {
+					h.queueFailed[history.AttemptRef{ID: d.ID, Attempt: d.Attempt}] = true
+					h.log.Info("a success herald recorded as failed", "job_id", id, "attempt", d.Attempt, "error", e.Message)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func countSucceeded(ds []delivery) int {
+	n := 0
+	for _, d := range ds {
+		if d.Outcome == history.Succeeded {
+			n++
+		}
+	}
+	return n
+}
+
+// jobErrors returns the attempt errors herald recorded for job id.
+func (h *harness) jobErrors(ctx context.Context, id int64) ([]store.AttemptError, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/v1/jobs/%d", h.nodes[0].addr, id), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.wl.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("get job %d: %w", id, err)
+	}
+	defer resp.Body.Close() //nolint:errcheck // read only
+	var j struct {
+		Errors []store.AttemptError `json:"errors"`
+	}
+	if err := decodeJSON(resp.Body, &j); err != nil {
+		return nil, fmt.Errorf("get job %d: %w", id, err)
+	}
+	return j.Errors, nil
+}
+
 func (h *harness) cleanup() {
 	for _, n := range h.nodes {
 		_ = n.kill()
@@ -935,6 +1026,7 @@ func (h *harness) judge(res Result) (Result, error) {
 	}
 	rep := history.Check(wl.acks, recs, history.Options{
 		ExpectDeadLettered: expectDead, ConfirmedDead: h.confirmedDead, Indeterminate: wl.indeterminate, Faults: slices.Clip(append([]history.Fault{}, h.faults...)),
+		QueueFailed: h.queueFailed,
 	})
 	res.Report = rep
 	res.Sent, res.Acked, res.Refused, res.Rejected, res.Indeterminate = int(wl.sent.Load()), len(wl.acks), wl.refused, wl.rejected, len(wl.indeterminate)

@@ -134,6 +134,19 @@ type Options struct {
 	// learned of that success. Every other duplicate is unexplained and
 	// fails the check. Nil keeps duplicates informational.
 	Faults []Fault
+	// QueueFailed holds attempts the queue itself recorded as failed
+	// although the recorder saw them succeed: the receiver applied the
+	// work, but its answer reached the queue too late (after the queue's
+	// timeout for the attempt) or not at all. A later attempt of such a job
+	// is a duplicate the queue had to make, so it counts as recovered
+	// without a fault window.
+	QueueFailed map[AttemptRef]bool
+}
+
+// AttemptRef names one attempt of one job.
+type AttemptRef struct {
+	ID      int64
+	Attempt int
 }
 
 // Fault is a window [From, To] during which a fault (crash, stall, restart)
@@ -373,7 +386,7 @@ func Check(acks []Ack, recs []Record, opts Options) Report {
 	rep.Unexpected, rep.UnexpectedIDs = len(unexpected), firstIDs(unexpected, limit)
 	if opts.Faults != nil && len(dups) > 0 {
 		var unexplained []int64
-		rep.RecoveredDuplicates, unexplained = explainDuplicates(recs, dups, opts.Faults)
+		rep.RecoveredDuplicates, unexplained = explainDuplicates(recs, dups, opts.Faults, opts.QueueFailed)
 		rep.UnexplainedDuplicates, rep.UnexplainedDuplicateIDs = len(unexplained), firstIDs(unexplained, limit)
 	}
 	rep.Duplicates, rep.DuplicateIDs = len(dups), firstIDs(dups, limit)
@@ -395,7 +408,7 @@ func Check(acks []Ack, recs []Record, opts Options) Report {
 
 // explainDuplicates splits the duplicate ids into those a fault window
 // explains (see Options.Faults) and the rest.
-func explainDuplicates(recs []Record, dups []int64, faults []Fault) (recovered int, unexplained []int64) {
+func explainDuplicates(recs []Record, dups []int64, faults []Fault, queueFailed map[AttemptRef]bool) (recovered int, unexplained []int64) {
 	want := make(map[int64][]int, len(dups))
 	for _, id := range dups {
 		want[id] = nil
@@ -408,7 +421,7 @@ func explainDuplicates(recs []Record, dups []int64, faults []Fault) (recovered i
 	for _, id := range dups {
 		idx := want[id]
 		slices.SortFunc(idx, func(a, b int) int { return cmpStart(&recs[a], &recs[b]) })
-		if duplicateExplained(recs, idx, faults) {
+		if duplicateExplained(recs, idx, faults, queueFailed) {
 			recovered++
 		} else {
 			unexplained = append(unexplained, id)
@@ -419,11 +432,15 @@ func explainDuplicates(recs []Record, dups []int64, faults []Fault) (recovered i
 
 // duplicateExplained reports whether some successful attempt of one job
 // (idx in start order) was followed by another attempt across a fault that
-// hit while the success was in flight.
-func duplicateExplained(recs []Record, idx []int, faults []Fault) bool {
+// hit while the success was in flight, or was one the queue recorded as
+// failed.
+func duplicateExplained(recs []Record, idx []int, faults []Fault, queueFailed map[AttemptRef]bool) bool {
 	for n, i := range idx[:len(idx)-1] {
 		if recs[i].Outcome != Succeeded {
 			continue
+		}
+		if queueFailed[AttemptRef{recs[i].ID, recs[i].Attempt}] {
+			return true
 		}
 		next := recs[idx[n+1]].Start
 		for _, f := range faults {

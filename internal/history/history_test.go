@@ -644,6 +644,7 @@ func TestCheckDuplicatesAgainstFaults(t *testing.T) {
 		name                     string
 		recs                     []history.Record
 		faults                   []history.Fault
+		queueFailed              map[history.AttemptRef]bool
 		recovered, unexplained   int
 		wantOK                   bool
 		wantUnexplainedListedIDs []int64
@@ -656,11 +657,17 @@ func TestCheckDuplicatesAgainstFaults(t *testing.T) {
 		{name: "fault before the first success", recs: dup, faults: []history.Fault{{From: at(-20), To: at(-10)}}, unexplained: 1, wantUnexplainedListedIDs: []int64{1}},
 		{name: "fault after the second start", recs: dup, faults: []history.Fault{{From: at(55), To: at(70)}}, unexplained: 1, wantUnexplainedListedIDs: []int64{1}},
 		{name: "no duplicate", recs: single, faults: []history.Fault{}, wantOK: true},
+		{name: "queue recorded the first success as failed", recs: dup, faults: []history.Fault{},
+			queueFailed: map[history.AttemptRef]bool{{ID: 1, Attempt: 1}: true}, recovered: 1, wantOK: true},
+		{name: "queue recorded the second attempt as failed", recs: dup, faults: []history.Fault{},
+			queueFailed: map[history.AttemptRef]bool{{ID: 1, Attempt: 2}: true}, unexplained: 1, wantUnexplainedListedIDs: []int64{1}},
+		{name: "queue recorded another job's attempt as failed", recs: dup, faults: []history.Fault{},
+			queueFailed: map[history.AttemptRef]bool{{ID: 2, Attempt: 1}: true}, unexplained: 1, wantUnexplainedListedIDs: []int64{1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			rep := history.Check(acks("a", 1), tt.recs, history.Options{Faults: tt.faults})
+			rep := history.Check(acks("a", 1), tt.recs, history.Options{Faults: tt.faults, QueueFailed: tt.queueFailed})
 			if rep.RecoveredDuplicates != tt.recovered || rep.UnexplainedDuplicates != tt.unexplained || rep.OK() != tt.wantOK {
 				t.Errorf("recovered=%d unexplained=%d ok=%v, want %d %d %v (%s)", rep.RecoveredDuplicates, rep.UnexplainedDuplicates, rep.OK(),
 					tt.recovered, tt.unexplained, tt.wantOK, rep)
