@@ -100,3 +100,42 @@ func TestRandomKeyIsDeterministicAndInRange(t *testing.T) {
 		t.Errorf("1000 jobs reached %d of 7 keys", len(seen))
 	}
 }
+
+// keyOrder, which judges the throughput scenario, counts what it must.
+func TestKeyOrder(t *testing.T) {
+	t.Parallel()
+	type ev struct {
+		key   string
+		seq   int64
+		start bool
+	}
+	start := func(key string, seq int64) ev { return ev{key, seq, true} }
+	end := func(key string) ev { return ev{key: key} }
+	tests := []struct {
+		name                 string
+		events               []ev
+		violations, overlaps int
+	}{
+		{"in order", []ev{start("a", 0), end("a"), start("b", 0), end("b"), start("a", 1), end("a")}, 0, 0},
+		{"keys interleaved", []ev{start("a", 0), start("b", 0), end("a"), end("b")}, 0, 0},
+		{"skipped seq", []ev{start("a", 1), end("a")}, 1, 0},
+		{"ran twice", []ev{start("a", 0), end("a"), start("a", 0), end("a")}, 1, 0},
+		{"overlap", []ev{start("a", 0), start("a", 1), end("a"), end("a")}, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			k := &keyOrder{keys: map[string]*keyRun{}}
+			for _, e := range tt.events {
+				if e.start {
+					k.start(e.key, e.seq)
+				} else {
+					k.end(e.key)
+				}
+			}
+			if k.violations != tt.violations || k.overlap != tt.overlaps {
+				t.Errorf("violations=%d overlaps=%d, want %d %d", k.violations, k.overlap, tt.violations, tt.overlaps)
+			}
+		})
+	}
+}

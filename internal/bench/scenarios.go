@@ -5,11 +5,13 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,23 +34,72 @@ type ThroughputResult struct {
 	ProcessedPerS float64 `json:"processed_per_s"`
 	PickupP50Ms   float64 `json:"pickup_p50_ms"`
 	PickupP99Ms   float64 `json:"pickup_p99_ms"`
+	// OrderViolations counts jobs that started out of their key's enqueue
+	// order (or twice), Overlaps jobs that started while another job of
+	// their key was running. Both must be 0: Throughput fails otherwise.
+	OrderViolations int `json:"order_violations"`
+	Overlaps        int `json:"overlaps"`
+}
+
+// ErrOrderBroken means a benchmark saw jobs of one key run out of order or
+// at the same time.
+var ErrOrderBroken = errors.New("bench: per-key order broken")
+
+// keyOrder checks, at handler start and end, that each key's jobs run one
+// at a time in enqueue order (the seq in their payload, from 0).
+type keyOrder struct {
+	mu                  sync.Mutex
+	keys                map[string]*keyRun
+	violations, overlap int
+}
+
+type keyRun struct {
+	next    int64
+	running bool
+}
+
+func (k *keyOrder) start(key string, seq int64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	r := k.keys[key]
+	if r == nil {
+		r = &keyRun{}
+		k.keys[key] = r
+	}
+	if r.running {
+		k.overlap++
+	}
+	if seq != r.next {
+		k.violations++
+	}
+	r.running, r.next = true, seq+1
+}
+
+func (k *keyOrder) end(key string) {
+	k.mu.Lock()
+	k.keys[key].running = false
+	k.mu.Unlock()
 }
 
 // Throughput enqueues jobs no-op jobs over keys (durable, ordered) while
-// the engine runs them. processed_per_s is jobs divided by the time from the
-// first enqueue to the last completion; pickup is handler start minus the
-// job's created_at.
+// the engine runs them, checking that each key's jobs run one at a time in
+// enqueue order. processed_per_s is jobs divided by the time from the first
+// enqueue to the last completion; pickup is handler start minus the job's
+// created_at.
 func Throughput(ctx context.Context, o Options, jobs, keys, batch, producers int) (ThroughputResult, error) {
 	res := ThroughputResult{Scenario: "throughput", Jobs: jobs, Keys: keys}
 	pickups := make([]time.Duration, jobs)
 	var idx, done atomic.Int64
 	var last atomic.Int64
+	order := &keyOrder{keys: make(map[string]*keyRun, keys)}
 	res.Nodes = max(o.Nodes, 1)
 	cs, stop, err := o.clients(ctx, cmp.Or(o.Workers, 1000), func(_ context.Context, j *herald.Job) error {
 		now := time.Now()
+		order.start(j.Key, seqOf(j))
 		if i := idx.Add(1) - 1; i < int64(len(pickups)) {
 			pickups[i] = now.Sub(j.CreatedAt)
 		}
+		order.end(j.Key)
 		done.Add(1)
 		last.Store(now.UnixNano())
 		return nil
@@ -72,6 +123,12 @@ func Throughput(ctx context.Context, o Options, jobs, keys, batch, producers int
 	res.PickupP50Ms = percentile(pickups, 50)
 	res.PickupP99Ms = percentile(pickups, 99)
 	o.printf("processed %d jobs in %s end to end (%.0f/s)", jobs, total.Round(time.Millisecond), res.ProcessedPerS)
+	order.mu.Lock()
+	res.OrderViolations, res.Overlaps = order.violations, order.overlap
+	order.mu.Unlock()
+	if res.OrderViolations > 0 || res.Overlaps > 0 {
+		return res, fmt.Errorf("%w: %d jobs out of order, %d overlapping", ErrOrderBroken, res.OrderViolations, res.Overlaps)
+	}
 	return res, nil
 }
 
