@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -24,7 +26,8 @@ type Client struct {
 
 	mu     sync.Mutex
 	kinds  map[string]engine.Kind
-	eng    *engine.Engine
+	engs   []*engine.Engine // the store loops; nil until Start
+	next   atomic.Uint64    // round-robin over engs for enqueues
 	closed bool
 }
 
@@ -58,7 +61,7 @@ func (c *Client) Register(kind string, h Handler, kc KindConfig) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.eng != nil {
+	if c.engs != nil {
 		return fmt.Errorf("herald: register %q: client already started", kind)
 	}
 	if _, dup := c.kinds[kind]; dup {
@@ -88,26 +91,90 @@ func (c *Client) Start(ctx context.Context) error {
 	if c.closed {
 		return ErrStopped
 	}
-	if c.eng != nil {
+	if c.engs != nil {
 		return errors.New("herald: client already started")
 	}
-	cfg := c.cfg
-	eng, err := engine.New(engine.Config{
-		Store: c.drv, Kinds: c.kinds, Workers: cfg.Workers, Owner: cfg.NodeName,
-		Clock: cfg.Clock, Logger: cfg.Logger,
-		PollInterval: cfg.PollInterval, LeaseDuration: cfg.LeaseDuration,
-		MaintenanceEvery: cfg.MaintenanceInterval, StatsEvery: cfg.StatsInterval,
-		CompletedRetention: cfg.CompletedRetention, DiscardedRetention: cfg.DiscardedRetention,
-		IdempotencyWindow: cfg.IdempotencyWindow, OnAttempt: cfg.OnAttempt,
-	})
+	loops, err := c.loops()
 	if err != nil {
-		return fmt.Errorf("herald: %w", err)
+		return err
 	}
-	if err := eng.Start(); err != nil {
-		return fmt.Errorf("herald: %w", err)
+	cfg := c.cfg
+	var engs []*engine.Engine
+	for i := range loops {
+		owner, statsEvery := cfg.NodeName, cfg.StatsInterval
+		if i > 0 {
+			if owner != "" {
+				// Each loop holds its own leases, so it needs its own name.
+				owner = fmt.Sprintf("%s#%d", owner, i+1)
+			}
+			statsEvery = -1 // the first loop's snapshot serves Metrics
+		}
+		eng, err := engine.New(engine.Config{
+			Store: c.drv, Kinds: shareKinds(c.kinds, i, loops), Workers: share(cfg.Workers, i, loops),
+			Owner: owner, Clock: cfg.Clock, Logger: cfg.Logger,
+			PollInterval: cfg.PollInterval, LeaseDuration: cfg.LeaseDuration,
+			MaintenanceEvery: cfg.MaintenanceInterval, StatsEvery: statsEvery,
+			CompletedRetention: cfg.CompletedRetention, DiscardedRetention: cfg.DiscardedRetention,
+			IdempotencyWindow: cfg.IdempotencyWindow, OnAttempt: cfg.OnAttempt,
+		})
+		if err == nil {
+			err = eng.Start()
+		}
+		if err != nil {
+			for _, started := range engs {
+				_ = started.Stop(context.Background())
+			}
+			return fmt.Errorf("herald: %w", err)
+		}
+		engs = append(engs, eng)
 	}
-	c.eng = eng
+	c.engs = engs
 	return nil
+}
+
+// loops returns how many store loops to run: Config.StoreLoops, or the
+// driver's preference.
+func (c *Client) loops() (int, error) {
+	pl, parallel := c.drv.(store.ParallelLoops)
+	switch {
+	case c.cfg.StoreLoops > 1 && !parallel:
+		return 0, fmt.Errorf("herald: config: StoreLoops is %d, but the store runs one loop only", c.cfg.StoreLoops)
+	case c.cfg.StoreLoops > 0:
+		return c.cfg.StoreLoops, nil
+	case parallel:
+		return max(pl.PreferredLoops(), 1), nil
+	}
+	return 1, nil
+}
+
+// share is loop i's part of n split over loops: as even as it goes, the
+// first loops taking the remainder, so the parts add up to n.
+func share(n, i, loops int) int {
+	s := n / loops
+	if i < n%loops {
+		s++
+	}
+	return s
+}
+
+// shareKinds gives loop i its part of each kind's Concurrency (the cap of
+// a kind without one is the loop's Workers). A loop whose part is 0 leaves
+// the kind out: it never claims it. Loop 0 always has every kind.
+func shareKinds(kinds map[string]engine.Kind, i, loops int) map[string]engine.Kind {
+	if loops == 1 {
+		return kinds
+	}
+	out := make(map[string]engine.Kind, len(kinds))
+	for name, k := range kinds {
+		if k.Concurrency > 0 {
+			k.Concurrency = share(k.Concurrency, i, loops)
+			if k.Concurrency == 0 {
+				continue
+			}
+		}
+		out[name] = k
+	}
+	return out
 }
 
 // Drain stops starting jobs, for good, while enqueues are still taken and
@@ -116,7 +183,8 @@ func (c *Client) Start(ctx context.Context) error {
 // Stop completes the shutdown. Drain on a client that is not running does
 // nothing.
 func (c *Client) Drain() {
-	if eng, err := c.engine(); err == nil {
+	engs, _ := c.engines()
+	for _, eng := range engs {
 		eng.Drain()
 	}
 }
@@ -132,28 +200,33 @@ func (c *Client) Stop(ctx context.Context) error {
 		return nil
 	}
 	c.closed = true
-	eng := c.eng
+	engs := c.engs
 	c.mu.Unlock()
-	var errs []error
-	if eng != nil {
-		errs = append(errs, eng.Stop(ctx))
+	// The loops stop side by side: each waits for its running jobs until
+	// ctx is done.
+	errs := make([]error, len(engs))
+	var wg sync.WaitGroup
+	for i, eng := range engs {
+		wg.Go(func() { errs[i] = eng.Stop(ctx) })
 	}
+	wg.Wait()
 	if c.ownsStore {
 		errs = append(errs, c.drv.Close())
 	}
 	return errors.Join(errs...)
 }
 
-func (c *Client) engine() (*engine.Engine, error) {
+// engines returns the store loops; the first has every kind.
+func (c *Client) engines() ([]*engine.Engine, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.eng == nil {
+	if c.engs == nil {
 		if c.closed {
 			return nil, ErrStopped
 		}
 		return nil, ErrNotStarted
 	}
-	return c.eng, nil
+	return c.engs, nil
 }
 
 // EnqueueParams describes a job to enqueue.
@@ -201,10 +274,11 @@ func (c *Client) Enqueue(ctx context.Context, p EnqueueParams) (*InsertResult, e
 // EnqueueMany stores jobs in one transaction: all or none. Field errors
 // name the offending job as jobs[i].field.
 func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]InsertResult, error) {
-	eng, err := c.engine()
+	engs, err := c.engines()
 	if err != nil {
 		return nil, err
 	}
+	eng := engs[0]
 	if len(ps) == 0 {
 		return nil, nil
 	}
@@ -220,6 +294,9 @@ func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]InsertR
 		}
 		params[i] = ip
 	}
+	if len(engs) > 1 {
+		eng = engs[c.loopFor(ps[0].Key, len(engs))]
+	}
 	res, err := eng.Insert(ctx, params)
 	if err != nil {
 		return nil, fmt.Errorf("herald: enqueue: %w", err)
@@ -229,6 +306,19 @@ func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]InsertR
 		out[i] = InsertResult{Job: r.Job, Existing: r.Existing}
 	}
 	return out, nil
+}
+
+// loopFor picks the store loop that stores an enqueue. Any loop may store
+// any job (the store orders each key's line), but two loops storing jobs
+// of one key at once would wait on each other's key lock, so a key's jobs
+// go through one loop; unordered ones take turns.
+func (c *Client) loopFor(key string, loops int) int {
+	if key == "" {
+		return int(c.next.Add(1) % uint64(loops)) //nolint:gosec // loops > 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(loops)) //nolint:gosec // loops is small and positive
 }
 
 func trimIndex(field string) string {
@@ -347,7 +437,8 @@ func (c *Client) Cancel(ctx context.Context, id int64) (*Job, error) {
 }
 
 func (c *Client) wake() {
-	if eng, err := c.engine(); err == nil {
+	engs, _ := c.engines()
+	for _, eng := range engs {
 		eng.Signal()
 	}
 }
@@ -359,12 +450,19 @@ func (c *Client) Pause(kind string) error { return c.setPaused(kind, true) }
 func (c *Client) Resume(kind string) error { return c.setPaused(kind, false) }
 
 func (c *Client) setPaused(kind string, paused bool) error {
-	eng, err := c.engine()
+	engs, err := c.engines()
 	if err != nil {
 		return err
 	}
-	if err := eng.Pause(kind, paused); err != nil {
+	if !engs[0].HasKind(kind) {
 		return fieldErr(ErrUnknownKind, "kind", "no handler registered for kind %q", kind)
+	}
+	for _, eng := range engs {
+		if eng.HasKind(kind) {
+			if err := eng.Pause(kind, paused); err != nil {
+				return fmt.Errorf("herald: pause %q: %w", kind, err)
+			}
+		}
 	}
 	return nil
 }
@@ -395,22 +493,31 @@ type KindMetrics struct {
 
 // Metrics returns the engine's counters. It does not touch the store.
 func (c *Client) Metrics() (Metrics, error) {
-	eng, err := c.engine()
+	engs, err := c.engines()
 	if err != nil {
 		return Metrics{}, err
 	}
-	m := eng.Metrics()
-	out := Metrics{
-		Enqueued: m.Enqueued.Load(), Started: m.Started.Load(), Completed: m.Completed.Load(),
-		Failed: m.Failed.Load(), Discarded: m.Discarded.Load(), Released: m.Released.Load(),
-		Fenced: m.Fenced.Load(), Pruned: m.Pruned.Load(),
-		Running: eng.Running(), ByKind: map[string]KindMetrics{}, Store: eng.LastStats(),
-	}
-	for kind := range c.kinds {
-		km := m.Kind(kind)
-		out.ByKind[kind] = KindMetrics{
-			Enqueued: km.Enqueued.Load(), Started: km.Started.Load(), Completed: km.Completed.Load(),
-			Failed: km.Failed.Load(), Discarded: km.Discarded.Load(), Paused: eng.Paused(kind),
+	out := Metrics{ByKind: map[string]KindMetrics{}, Store: engs[0].LastStats()}
+	for _, eng := range engs {
+		m := eng.Metrics()
+		out.Enqueued += m.Enqueued.Load()
+		out.Started += m.Started.Load()
+		out.Completed += m.Completed.Load()
+		out.Failed += m.Failed.Load()
+		out.Discarded += m.Discarded.Load()
+		out.Released += m.Released.Load()
+		out.Fenced += m.Fenced.Load()
+		out.Pruned += m.Pruned.Load()
+		out.Running += eng.Running()
+		for kind := range c.kinds {
+			km, sum := m.Kind(kind), out.ByKind[kind]
+			sum.Enqueued += km.Enqueued.Load()
+			sum.Started += km.Started.Load()
+			sum.Completed += km.Completed.Load()
+			sum.Failed += km.Failed.Load()
+			sum.Discarded += km.Discarded.Load()
+			sum.Paused = engs[0].Paused(kind)
+			out.ByKind[kind] = sum
 		}
 	}
 	return out, nil

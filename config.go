@@ -27,6 +27,16 @@ type Config struct {
 	// name; set it to something stable (e.g. the host name) to make logs
 	// easier to follow.
 	NodeName string
+	// StoreLoops is how many store loops the client runs: each writes its
+	// own cycles (enqueues, outcomes, claims) on its own connection, with
+	// its share of Workers and of each kind's Concurrency and its own lease
+	// owner name (NodeName, then NodeName#2, …). A PostgreSQL loop is bound
+	// by the one database backend running its cycles, so a second loop lets
+	// one node use a second core of the database server. Per-key order
+	// does not depend on it: the store orders each key's line, whichever
+	// loop stores or runs its jobs. 0 means the store's preference: 2 on
+	// PostgreSQL, 1 on SQLite, which has one writer and allows only 1.
+	StoreLoops int
 
 	// MaxPayloadBytes caps a job's payload. Defaults to 1 MiB.
 	MaxPayloadBytes int
@@ -97,6 +107,7 @@ func (c Config) validate() error {
 		bad  bool
 	}{
 		{"Workers", c.Workers < 0},
+		{"StoreLoops", c.StoreLoops < 0},
 		{"MaxPayloadBytes", c.MaxPayloadBytes < 0},
 		{"MaxKeyBytes", c.MaxKeyBytes < 0},
 		{"DefaultMaxAttempts", c.DefaultMaxAttempts < 0},

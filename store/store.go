@@ -334,3 +334,11 @@ type DeferredSyncer interface {
 	// durable no later than any commit after it.
 	ExchangeDeferred(ctx context.Context, p ExchangeParams) (*ExchangeResult, Durable, error)
 }
+
+// ParallelLoops is implemented by drivers that serve several store loops of
+// one client at once, each exchanging on its own connection, with per-key
+// order kept by the store alone. PreferredLoops is how many a client runs
+// when its configuration does not say. A driver without it serves one loop.
+type ParallelLoops interface {
+	PreferredLoops() int
+}

@@ -45,6 +45,7 @@ output is one JSON object with the scenario's results.`,
 	cmd.PersistentFlags().StringVar(&opts.Store, "store", "", "store to use: empty for a fresh SQLite file in a temp dir, a SQLite file path, or a postgres:// URL (runs in a fresh schema, dropped afterwards)")
 	cmd.PersistentFlags().IntVar(&opts.Nodes, "nodes", 1, "engines sharing the store, each with its own connections (PostgreSQL only)")
 	cmd.PersistentFlags().IntVar(&opts.Workers, "workers", 0, "global worker slots (0: scenario default)")
+	cmd.PersistentFlags().IntVar(&opts.Loops, "loops", 0, "store loops per engine (0: the store's preference, 2 on PostgreSQL)")
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print the result as one JSON object on the last line")
 	var cpuProfile, memProfile, logLevel string
 	var gcHeadroom int

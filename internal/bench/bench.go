@@ -36,6 +36,9 @@ type Options struct {
 	// connections, as separate processes would (PostgreSQL only).
 	// Defaults to 1.
 	Nodes int
+	// Loops is each client's herald.Config.StoreLoops (0: the store's
+	// preference).
+	Loops int
 	// Out receives progress lines.
 	Out io.Writer
 	// Logger for the engine (nil: discard).
@@ -71,7 +74,7 @@ func (o Options) clients(ctx context.Context, workers int, h herald.HandlerFunc)
 		cleanup()
 	}
 	for i, drv := range drvs {
-		c, err := herald.New(herald.Config{Store: drv, Workers: workers, Logger: o.Logger, StatsInterval: time.Hour,
+		c, err := herald.New(herald.Config{Store: drv, Workers: workers, StoreLoops: o.Loops, Logger: o.Logger, StatsInterval: time.Hour,
 			NodeName: fmt.Sprintf("bench-%d", i+1)})
 		if err == nil {
 			err = c.Register("bench", h, herald.KindConfig{})

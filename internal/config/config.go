@@ -41,6 +41,12 @@ type Config struct {
 	// Workers is the global cap on concurrently running jobs.
 	// Defaults to 1000.
 	Workers int `koanf:"workers"`
+	// StoreLoops is how many store loops this node runs, each writing its
+	// own cycles on its own connection with its share of workers and of
+	// each kind's concurrency. Defaults to 0: the store's preference (2 on
+	// PostgreSQL, where one loop keeps one database backend busy; 1 on
+	// SQLite, which allows no more).
+	StoreLoops int `koanf:"store_loops,omitempty"`
 	// NodeName identifies this process as lease owner. Defaults to "": the
 	// library picks a random name.
 	NodeName string `koanf:"node_name"`
@@ -334,6 +340,7 @@ func (c Config) ClientConfig() herald.Config {
 	return herald.Config{
 		DataDir:         c.DataDir,
 		Workers:         c.Workers,
+		StoreLoops:      c.StoreLoops,
 		NodeName:        c.NodeName,
 		LeaseDuration:   c.Lease,
 		MaxPayloadBytes: c.MaxPayloadBytes,

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/heraldmq/herald/store/postgres"
 )
 
 // ErrInvalid is matched (errors.Is) by every configuration problem that
@@ -71,6 +73,12 @@ func (c Config) Validate() error {
 	}
 	if c.Store == "" && c.DataDir == "" {
 		v.fail("data_dir", "must not be empty when store is empty (the embedded SQLite database lives there)")
+	}
+	if c.StoreLoops < 0 {
+		v.fail("store_loops", "must not be negative, got %d", c.StoreLoops)
+	}
+	if c.StoreLoops > 1 && !postgres.IsURL(c.Store) {
+		v.fail("store_loops", "is %d, but the SQLite store runs one loop (more need a postgres:// store)", c.StoreLoops)
 	}
 	if c.Workers < 1 {
 		v.fail("workers", "must be at least 1, got %d", c.Workers)

@@ -74,7 +74,10 @@ type Config struct {
 	MaintenanceEvery time.Duration
 	// RescueEvery is how often expired leases are looked for, so a dead
 	// node's work resumes soon after its lease ends. Default 1s.
-	RescueEvery        time.Duration
+	RescueEvery time.Duration
+	// StatsEvery is how often the store's statistics are refreshed for
+	// LastStats. Default 10s; negative never (a client's extra store loops
+	// leave them to its first).
 	StatsEvery         time.Duration
 	CompletedRetention time.Duration
 	DiscardedRetention time.Duration
@@ -177,7 +180,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaintenanceEvery <= 0 {
 		cfg.MaintenanceEvery = time.Minute
 	}
-	if cfg.StatsEvery <= 0 {
+	if cfg.StatsEvery == 0 {
 		cfg.StatsEvery = 10 * time.Second
 	}
 	if cfg.RescueEvery <= 0 {

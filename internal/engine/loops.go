@@ -589,6 +589,9 @@ func (e *Engine) maintainLoop() {
 	nextRescue := e.clk.Now()
 	nextMaint := e.clk.Now()
 	nextStats := e.clk.Now()
+	if e.cfg.StatsEvery < 0 {
+		nextStats = time.Unix(1<<62, 0) // never
+	}
 	leading := false
 	for {
 		now := e.clk.Now()

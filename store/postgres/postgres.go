@@ -164,6 +164,12 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 // Schema is the schema holding the store's tables.
 func (s *Store) Schema() string { return s.schema }
 
+// PreferredLoops is 2: one store loop keeps one backend busy, a core of
+// the database server at full load (store.ParallelLoops); a second lets a
+// node use a second core. More gave less on a 2-core machine (see
+// docs/benchmarks.md), and other nodes add their own loops.
+func (s *Store) PreferredLoops() int { return 2 }
+
 // urlOptions are the herald parameters of a store URL.
 type urlOptions struct {
 	Schema   string

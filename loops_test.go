@@ -1,0 +1,140 @@
+package herald_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldmq/herald"
+	"github.com/heraldmq/herald/internal/history"
+	"github.com/heraldmq/herald/store/postgres"
+	"github.com/heraldmq/herald/store/postgres/pgtest"
+)
+
+// SQLite has one writer: more than one store loop is a configuration
+// error, said when the client starts; a negative count is one at once.
+func TestStoreLoopsConfig(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	cfg.StoreLoops = -1
+	if _, err := herald.New(cfg); err == nil || !strings.Contains(err.Error(), "StoreLoops") {
+		t.Errorf("New with StoreLoops -1: err = %v, want it to name StoreLoops", err)
+	}
+	cfg = testConfig(t)
+	cfg.StoreLoops = 2
+	c := newClient(t, cfg)
+	mustRegister(t, c, "k", func(context.Context, *herald.Job) error { return nil }, herald.KindConfig{})
+	if err := c.Start(t.Context()); err == nil || !strings.Contains(err.Error(), "StoreLoops") {
+		t.Errorf("Start with StoreLoops 2 on SQLite: err = %v, want it to name StoreLoops", err)
+	}
+}
+
+// Two store loops of one client on PostgreSQL (the store's default) keep
+// per-key order, spread the work over both loops and stay under each
+// kind's cap, while enqueues of every key go through either loop.
+func TestStoreLoopsPostgres(t *testing.T) {
+	t.Parallel()
+	drv, err := postgres.Open(t.Context(), pgtest.SchemaURL(t), postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = drv.Close() })
+	cfg := testConfig(t)
+	cfg.Store, cfg.NodeName, cfg.Workers = drv, "loops", 64
+	c := newClient(t, cfg)
+	rec := history.NewRecorder()
+	const capped = 3
+	var mu sync.Mutex
+	owners, running, peak := map[string]int{}, 0, 0
+	type payload struct{ Seq int64 }
+	mustRegister(t, c, "ordered", func(_ context.Context, j *herald.Job) error {
+		var p payload
+		if err := json.Unmarshal(j.Payload, &p); err != nil {
+			return herald.Permanent(err)
+		}
+		done := rec.Start(j.ID, j.Key, p.Seq, j.Attempt)
+		mu.Lock()
+		owners[j.LeaseOwner]++
+		mu.Unlock()
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond) //nolint:gosec // timing jitter
+		done(history.Succeeded)
+		return nil
+	}, herald.KindConfig{})
+	mustRegister(t, c, "capped", func(context.Context, *herald.Job) error {
+		mu.Lock()
+		running++
+		peak = max(peak, running)
+		mu.Unlock()
+		time.Sleep(2 * time.Millisecond)
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil
+	}, herald.KindConfig{Concurrency: capped})
+	mustStart(t, c)
+
+	const keys, perKey = 40, 50
+	var acks []history.Ack
+	var wg sync.WaitGroup
+	var ackMu sync.Mutex
+	errs := make(chan error, keys)
+	for k := range keys {
+		wg.Go(func() {
+			key := fmt.Sprintf("acct-%d", k)
+			for seq := range int64(perKey) {
+				r, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "ordered", Key: key, Payload: payload{seq}})
+				if err != nil {
+					errs <- err
+					return
+				}
+				ackMu.Lock()
+				acks = append(acks, history.Ack{ID: r.Job.ID, Key: key, Seq: seq})
+				ackMu.Unlock()
+			}
+		})
+	}
+	var cappedIDs []int64
+	for i := range 30 {
+		r, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "capped", Key: fmt.Sprintf("c-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cappedIDs = append(cappedIDs, r.Job.ID)
+	}
+	wg.Wait()
+	close(errs)
+	if err := errors.Join(<-errs); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range acks {
+		waitState(t, c, a.ID, herald.StateCompleted)
+	}
+	for _, id := range cappedIDs {
+		waitState(t, c, id, herald.StateCompleted)
+	}
+	rep := history.Check(acks, rec.Records(), history.Options{})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The engine adds a random suffix to each loop's name.
+	byLoop := map[string]int{}
+	for owner, n := range owners {
+		loop, _, _ := strings.Cut(owner, "-")
+		byLoop[loop] += n
+	}
+	if len(byLoop) != 2 || byLoop["loops"] == 0 || byLoop["loops#2"] == 0 {
+		t.Errorf("jobs by lease owner: %v; want both loops (loops, loops#2) to run some", owners)
+	}
+	if peak > capped {
+		t.Errorf("kind capped at %d ran %d at once across the loops", capped, peak)
+	}
+	t.Logf("%s; jobs by loop: %v", rep, owners)
+}
