@@ -146,21 +146,20 @@ func (s *Store) exchange(ctx context.Context, p store.ExchangeParams) (*store.Ex
 	}
 	slices.Sort(insertKeys)
 	insertKeys = slices.Compact(insertKeys)
-	lockKeys := insertKeys
+	var finKeys []string // locked exclusively; insertKeys shared
 	if len(p.Finishes) > 0 {
-		lockKeys = slices.Clone(insertKeys)
 		s.keysMu.Lock()
 		for _, f := range p.Finishes {
 			if key, ok := s.claimedKeys[f.ID]; ok {
-				lockKeys = append(lockKeys, key)
+				finKeys = append(finKeys, key)
 			} else {
 				finIDs = append(finIDs, f.ID)
 			}
 		}
 		s.keysMu.Unlock()
 	}
-	if len(lockKeys) > 0 || len(finIDs) > 0 {
-		b.Queue(s.sql.lockKeys, s.lockSeed, lockKeys, finIDs)
+	if len(insertKeys) > 0 || len(finKeys) > 0 || len(finIDs) > 0 {
+		b.Queue(s.sql.lockKeys, s.lockSeed, finKeys, finIDs, insertKeys)
 	}
 	if len(plan.expired) > 0 {
 		b.Queue(s.sql.releaseIdem, plan.expired, p.IdempotencySince)

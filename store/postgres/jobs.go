@@ -43,7 +43,7 @@ func (s *Store) Rescue(ctx context.Context, p store.RescueParams) (int, error) {
 			return err
 		}
 		var b pgx.Batch
-		b.Queue(s.sql.lockKeys, s.lockSeed, []string{}, ids)
+		b.Queue(s.sql.lockKeys, s.lockSeed, []string{}, ids, []string{})
 		b.Queue(s.sql.rescue, now, ts(p.ExpiredBefore), now.Format(time.RFC3339Nano)).QueryRow(func(r pgx.Row) error {
 			return r.Scan(&n)
 		})

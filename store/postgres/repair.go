@@ -91,7 +91,7 @@ func (s *Store) RepairLines(ctx context.Context) (LineRepair, error) {
 			return err
 		}
 		var b pgx.Batch
-		b.Queue(s.sql.lockKeys, s.lockSeed, keys, []int64{})
+		b.Queue(s.sql.lockKeys, s.lockSeed, keys, []int64{}, []string{})
 		count := func(n *int) func(pgconn.CommandTag) error {
 			return func(t pgconn.CommandTag) error { *n = int(t.RowsAffected()); return nil }
 		}

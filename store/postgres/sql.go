@@ -70,17 +70,32 @@ func render(schema string) statements {
 	}
 }
 
-// lockKeysSQL takes the advisory lock of every line a transaction writes:
-// the keys it names ($2: of jobs it inserts, and of jobs it finishes whose
-// key the store knows) and of jobs it finishes by id ($3), in sorted
-// order so two transactions never wait for each other in a cycle. The
-// locks cover keys that have no line yet, which row locks cannot.
+// lockKeysSQL takes the advisory lock of every line a transaction writes,
+// in sorted order so two transactions never wait for each other in a
+// cycle: exclusive for the keys it names in $2 (of jobs it finishes whose
+// key the store knows; operator actions and repairs) and of the jobs it
+// finishes by id ($3), shared for the keys in $4 that are in neither
+// (of jobs it only inserts). The locks cover keys that have no line yet,
+// which row locks cannot.
+//
+// Inserts of one key need not wait for each other: the line's row settles
+// which newcomer heads it (the upsert waits on a concurrent insert's new
+// row and then re-checks), and a newcomer ahead of a head that started
+// meanwhile is moved behind it (keepBehindSQL). What they must not do is
+// run beside a writer that moves or drops the line (a finish would not see
+// the uncommitted newcomer and drop the line under it), and those hold
+// the lock exclusively. So two store loops, or nodes, that enqueue jobs of
+// the same keys no longer take turns.
 const lockKeysSQL = `SELECT count(*) FROM (
-	SELECT pg_advisory_xact_lock(h) FROM (
-		SELECT DISTINCT hashtextextended(k, $1) AS h FROM (
-			SELECT unnest($2::text[]) AS k
-			UNION ALL SELECT key FROM _s.jobs WHERE id = ANY($3::int8[])
-		) keys WHERE k <> '' ORDER BY h
+	SELECT CASE WHEN x THEN pg_advisory_xact_lock(h) ELSE pg_advisory_xact_lock_shared(h) END FROM (
+		SELECT h, bool_or(x) AS x FROM (
+			SELECT hashtextextended(k, $1) AS h, true AS x FROM (
+				SELECT unnest($2::text[]) AS k
+				UNION ALL SELECT key FROM _s.jobs WHERE id = ANY($3::int8[])
+			) excl WHERE k <> ''
+			UNION ALL
+			SELECT hashtextextended(k, $1), false FROM unnest($4::text[]) AS k WHERE k <> ''
+		) keys GROUP BY h ORDER BY h
 	) sorted
 ) locked`
 
