@@ -204,12 +204,13 @@ func (c *Client) Stop(ctx context.Context) error {
 	c.mu.Unlock()
 	// The loops stop side by side: each waits for its running jobs until
 	// ctx is done.
-	errs := make([]error, len(engs))
+	stopErrs := make([]error, len(engs))
 	var wg sync.WaitGroup
 	for i, eng := range engs {
-		wg.Go(func() { errs[i] = eng.Stop(ctx) })
+		wg.Go(func() { stopErrs[i] = eng.Stop(ctx) })
 	}
 	wg.Wait()
+	errs := append([]error(nil), stopErrs...)
 	if c.ownsStore {
 		errs = append(errs, c.drv.Close())
 	}

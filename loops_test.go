@@ -62,7 +62,7 @@ func TestStoreLoopsPostgres(t *testing.T) {
 		mu.Lock()
 		owners[j.LeaseOwner]++
 		mu.Unlock()
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond) //nolint:gosec // timing jitter
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
 		done(history.Succeeded)
 		return nil
 	}, herald.KindConfig{})
