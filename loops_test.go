@@ -37,7 +37,8 @@ func TestStoreLoopsConfig(t *testing.T) {
 
 // Two store loops of one client on PostgreSQL (the store's default) keep
 // per-key order, spread the work over both loops and stay under each
-// kind's cap, while enqueues of every key go through either loop.
+// kind's cap, while enqueues of every key go through either loop; pause
+// and resume reach both, and metrics count both.
 func TestStoreLoopsPostgres(t *testing.T) {
 	t.Parallel()
 	drv, err := postgres.Open(t.Context(), pgtest.SchemaURL(t), postgres.Options{})
@@ -118,6 +119,43 @@ func TestStoreLoopsPostgres(t *testing.T) {
 	for _, id := range cappedIDs {
 		waitState(t, c, id, herald.StateCompleted)
 	}
+	// Pause reaches every loop: a job enqueued while its kind is paused
+	// waits whichever loop stores it, and runs after Resume.
+	if err := c.Pause("capped"); err != nil {
+		t.Fatal(err)
+	}
+	var held []int64
+	for i := range 4 {
+		r, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "capped", Key: fmt.Sprintf("p-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, r.Job.ID)
+	}
+	time.Sleep(200 * time.Millisecond)
+	for _, id := range held {
+		if j, err := c.Get(t.Context(), id); err != nil || j.State != herald.StateAvailable {
+			t.Fatalf("job %d of a paused kind: %v, %v; want it available", id, j, err)
+		}
+	}
+	if err := c.Resume("capped"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range held {
+		waitState(t, c, id, herald.StateCompleted)
+	}
+	// Metrics add the loops up (a loop counts an outcome just after its
+	// commit, which Get may see first).
+	waitErr(t, 5*time.Second, func() error {
+		m, err := c.Metrics()
+		if err != nil {
+			return err
+		}
+		if want := int64(keys*perKey + len(cappedIDs) + len(held)); m.Completed != want || m.ByKind["capped"].Completed != int64(len(cappedIDs)+len(held)) {
+			return fmt.Errorf("metrics: %d completed (%d of kind capped); want %d (%d)", m.Completed, m.ByKind["capped"].Completed, want, len(cappedIDs)+len(held))
+		}
+		return nil
+	})
 	rep := history.Check(acks, rec.Records(), history.Options{})
 	if err := rep.Err(); err != nil {
 		t.Fatal(err)
