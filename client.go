@@ -24,6 +24,8 @@ type Client struct {
 	drv       store.Driver
 	ownsStore bool
 
+	nloops int // store loops to run (Config.StoreLoops resolved)
+
 	mu     sync.Mutex
 	kinds  map[string]engine.Kind
 	engs   []*engine.Engine // the store loops; nil until Start
@@ -45,6 +47,14 @@ func New(cfg Config) (*Client, error) {
 		}
 		c.drv, c.ownsStore = s, true
 	}
+	n, err := loops(cfg, c.drv)
+	if err != nil {
+		if c.ownsStore {
+			_ = c.drv.Close()
+		}
+		return nil, err
+	}
+	c.nloops = n
 	return c, nil
 }
 
@@ -94,11 +104,7 @@ func (c *Client) Start(ctx context.Context) error {
 	if c.engs != nil {
 		return errors.New("herald: client already started")
 	}
-	loops, err := c.loops()
-	if err != nil {
-		return err
-	}
-	cfg := c.cfg
+	loops, cfg := c.nloops, c.cfg
 	var engs []*engine.Engine
 	for i := range loops {
 		owner, statsEvery := cfg.NodeName, cfg.StatsInterval
@@ -132,19 +138,21 @@ func (c *Client) Start(ctx context.Context) error {
 	return nil
 }
 
-// loops returns how many store loops to run: Config.StoreLoops, or the
-// driver's preference.
-func (c *Client) loops() (int, error) {
-	pl, parallel := c.drv.(store.ParallelLoops)
+// loops returns how many store loops a client runs: Config.StoreLoops, or
+// the driver's preference, and never more than Workers (each loop needs a
+// worker slot of its own).
+func loops(cfg Config, drv store.Driver) (int, error) {
+	pl, parallel := drv.(store.ParallelLoops)
+	n := 1
 	switch {
-	case c.cfg.StoreLoops > 1 && !parallel:
-		return 0, fmt.Errorf("herald: config: StoreLoops is %d, but the store runs one loop only", c.cfg.StoreLoops)
-	case c.cfg.StoreLoops > 0:
-		return c.cfg.StoreLoops, nil
+	case cfg.StoreLoops > 1 && !parallel:
+		return 0, fmt.Errorf("herald: config: StoreLoops is %d, but the store runs one loop only", cfg.StoreLoops)
+	case cfg.StoreLoops > 0:
+		n = cfg.StoreLoops
 	case parallel:
-		return max(pl.PreferredLoops(), 1), nil
+		n = max(pl.PreferredLoops(), 1)
 	}
-	return 1, nil
+	return min(n, cfg.Workers), nil
 }
 
 // share is loop i's part of n split over loops: as even as it goes, the
@@ -310,9 +318,10 @@ func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]InsertR
 }
 
 // loopFor picks the store loop that stores an enqueue. Any loop may store
-// any job (the store orders each key's line), but two loops storing jobs
-// of one key at once would wait on each other's key lock, so a key's jobs
-// go through one loop; unordered ones take turns.
+// any job (the store orders each key's line), but a loop's claim takes the
+// lines its own inserts made, so sending a key's jobs through one loop
+// keeps its enqueues and completions in one loop instead of two that wait
+// on each other for the key's lock. Unordered jobs take turns.
 func (c *Client) loopFor(key string, loops int) int {
 	if key == "" {
 		return int(c.next.Add(1) % uint64(loops)) //nolint:gosec // loops > 0

@@ -35,7 +35,8 @@ type Config struct {
 	// one node use a second core of the database server. Per-key order
 	// does not depend on it: the store orders each key's line, whichever
 	// loop stores or runs its jobs. 0 means the store's preference: 2 on
-	// PostgreSQL, 1 on SQLite, which has one writer and allows only 1.
+	// PostgreSQL, 1 on SQLite, which has one writer and allows only 1
+	// (New fails on more). Never more loops run than Workers.
 	StoreLoops int
 
 	// MaxPayloadBytes caps a job's payload. Defaults to 1 MiB.

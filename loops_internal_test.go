@@ -6,6 +6,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/heraldmq/herald/internal/engine"
+	"github.com/heraldmq/herald/store"
 )
 
 // Splitting Workers and kind caps over store loops never exceeds the
@@ -70,5 +71,42 @@ func TestShareKinds(t *testing.T) {
 	}
 	if kinds["capped"].Concurrency != 3 {
 		t.Error("shareKinds changed its input")
+	}
+}
+
+// oneLoop and twoLoops stand for drivers without and with
+// store.ParallelLoops; loops only asks them that.
+type (
+	oneLoop  struct{ store.Driver }
+	twoLoops struct{ store.Driver }
+)
+
+func (twoLoops) PreferredLoops() int { return 2 }
+
+func TestLoops(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name              string
+		drv               store.Driver
+		storeLoops, workers int
+		want              int
+		wantErr           bool
+	}{
+		{"single-writer store", oneLoop{}, 0, 1000, 1, false},
+		{"single-writer store, one asked", oneLoop{}, 1, 1000, 1, false},
+		{"single-writer store, two asked", oneLoop{}, 2, 1000, 0, true},
+		{"the store's preference", twoLoops{}, 0, 1000, 2, false},
+		{"asked for more", twoLoops{}, 3, 1000, 3, false},
+		{"asked for fewer", twoLoops{}, 1, 1000, 1, false},
+		{"no more loops than workers", twoLoops{}, 0, 1, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := loops(Config{StoreLoops: tt.storeLoops, Workers: tt.workers}, tt.drv)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("loops = %d, %v; want %d (error: %v)", got, err, tt.want, tt.wantErr)
+			}
+		})
 	}
 }

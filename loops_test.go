@@ -18,20 +18,18 @@ import (
 )
 
 // SQLite has one writer: more than one store loop is a configuration
-// error, said when the client starts; a negative count is one at once.
+// error, and so is a negative count; New says so.
 func TestStoreLoopsConfig(t *testing.T) {
 	t.Parallel()
-	cfg := testConfig(t)
-	cfg.StoreLoops = -1
-	if _, err := herald.New(cfg); err == nil || !strings.Contains(err.Error(), "StoreLoops") {
-		t.Errorf("New with StoreLoops -1: err = %v, want it to name StoreLoops", err)
-	}
-	cfg = testConfig(t)
-	cfg.StoreLoops = 2
-	c := newClient(t, cfg)
-	mustRegister(t, c, "k", func(context.Context, *herald.Job) error { return nil }, herald.KindConfig{})
-	if err := c.Start(t.Context()); err == nil || !strings.Contains(err.Error(), "StoreLoops") {
-		t.Errorf("Start with StoreLoops 2 on SQLite: err = %v, want it to name StoreLoops", err)
+	for _, n := range []int{-1, 2} {
+		cfg := testConfig(t)
+		cfg.StoreLoops = n
+		if c, err := herald.New(cfg); err == nil || !strings.Contains(err.Error(), "StoreLoops") {
+			if c != nil {
+				_ = c.Stop(t.Context())
+			}
+			t.Errorf("New with StoreLoops %d on SQLite: err = %v, want it to name StoreLoops", n, err)
+		}
 	}
 }
 
