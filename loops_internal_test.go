@@ -86,11 +86,11 @@ func (twoLoops) PreferredLoops() int { return 2 }
 func TestLoops(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name              string
-		drv               store.Driver
+		name                string
+		drv                 store.Driver
 		storeLoops, workers int
-		want              int
-		wantErr           bool
+		want                int
+		wantErr             bool
 	}{
 		{"single-writer store", oneLoop{}, 0, 1000, 1, false},
 		{"single-writer store, one asked", oneLoop{}, 1, 1000, 1, false},
