@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -29,7 +28,8 @@ type Client struct {
 	mu     sync.Mutex
 	kinds  map[string]engine.Kind
 	engs   []*engine.Engine // the store loops; nil until Start
-	next   atomic.Uint64    // round-robin over engs for enqueues
+	next   atomic.Uint64    // round-robin over engs for unordered enqueues
+	routes keyRoutes        // which loop recent keys went through
 	closed bool
 }
 
@@ -304,7 +304,7 @@ func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]InsertR
 		params[i] = ip
 	}
 	if len(engs) > 1 {
-		eng = engs[c.loopFor(ps[0].Key, len(engs))]
+		eng = engs[c.routes.route(ps, len(engs), &c.next)]
 	}
 	res, err := eng.Insert(ctx, params)
 	if err != nil {
@@ -315,20 +315,6 @@ func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]InsertR
 		out[i] = InsertResult{Job: r.Job, Existing: r.Existing}
 	}
 	return out, nil
-}
-
-// loopFor picks the store loop that stores an enqueue. Any loop may store
-// any job (the store orders each key's line), but a loop's claim takes the
-// lines its own inserts made, so sending a key's jobs through one loop
-// keeps its enqueues and completions in one loop instead of two that wait
-// on each other for the key's lock. Unordered jobs take turns.
-func (c *Client) loopFor(key string, loops int) int {
-	if key == "" {
-		return int(c.next.Add(1) % uint64(loops)) //nolint:gosec // loops > 0
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int(h.Sum32() % uint32(loops)) //nolint:gosec // loops is small and positive
 }
 
 func trimIndex(field string) string {
