@@ -2,6 +2,7 @@ package herald
 
 import (
 	"hash/fnv"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -61,7 +62,9 @@ func (r *keyRoutes) route(ps []EnqueueParams, loops int, turn *atomic.Uint64) in
 	}
 	for _, p := range ps {
 		if _, ok := r.loop[p.Key]; !ok && p.Key != "" {
-			r.loop[p.Key] = best
+			// A copy: the caller's key may point into a large request
+			// body, which the table would otherwise keep alive.
+			r.loop[strings.Clone(p.Key)] = best
 		}
 	}
 	return best
