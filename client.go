@@ -519,5 +519,9 @@ func (c *Client) Metrics() (Metrics, error) {
 	return out, nil
 }
 
+// StoreLoops returns how many store loops the client runs (Config.StoreLoops
+// as resolved against the store).
+func (c *Client) StoreLoops() int { return c.nloops }
+
 // Ping checks that the store answers.
 func (c *Client) Ping(ctx context.Context) error { return c.drv.Ping(ctx) }

@@ -47,6 +47,9 @@ func TestStoreLoopsPostgres(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Store, cfg.NodeName, cfg.Workers = drv, "loops", 64
 	c := newClient(t, cfg)
+	if n := c.StoreLoops(); n != 2 {
+		t.Fatalf("StoreLoops() = %d on PostgreSQL by default, want 2", n)
+	}
 	rec := history.NewRecorder()
 	const capped = 3
 	var mu sync.Mutex

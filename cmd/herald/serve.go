@@ -135,8 +135,8 @@ func serve(ctx context.Context, cfg config.Config, logOut io.Writer, ready chan<
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("herald serving", "addr", ln.Addr().String(), "store", storeName(cfg), "kinds", len(cfg.Kinds),
-		"auth", len(cfg.Tokens) > 0)
+	log.Info("herald serving", "addr", ln.Addr().String(), "store", storeName(cfg), "store_loops", client.StoreLoops(),
+		"kinds", len(cfg.Kinds), "auth", len(cfg.Tokens) > 0)
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
