@@ -11,10 +11,12 @@ import (
 
 // Listen calls wake whenever another node may have made work ready: every
 // transaction that inserts or finishes jobs (and every operator retry,
-// cancel or rescue) sends a NOTIFY on the schema's channel. It holds one
-// dedicated connection outside the pool; when that connection drops it
-// reconnects with backoff and wakes once, since notifications sent while
-// it was away are lost. It returns when ctx ends. In PollOnly mode it
+// cancel or rescue) sends a NOTIFY on the schema's channel. The store holds
+// one dedicated connection outside the pool for all its listeners (a
+// client's store loops each listen); when that connection drops it
+// reconnects with backoff and wakes every listener once, since
+// notifications sent while it was away are lost. A listener is woken once
+// when it starts, too. Listen returns when ctx ends. In PollOnly mode it
 // only waits for ctx: engines poll.
 func (s *Store) Listen(ctx context.Context, wake func()) error {
 	if s.pollOnly {
@@ -22,24 +24,91 @@ func (s *Store) Listen(ctx context.Context, wake func()) error {
 		return nil
 	}
 	d := &debouncer{wake: wake, every: wakeEvery}
-	defer d.stop()
+	s.listeners.add(s, d)
+	<-ctx.Done()
+	s.listeners.remove(d)
+	d.stop()
+	return nil
+}
+
+// listenHub shares the store's LISTEN connection among its listeners: it
+// runs while any listener does.
+type listenHub struct {
+	mu   sync.Mutex
+	subs map[*debouncer]struct{}
+	stop context.CancelFunc // ends the connection's goroutine; nil if none runs
+	done chan struct{}      // closed when that goroutine has ended
+}
+
+// add registers d, starting the connection for the first listener; a
+// listener that joins a running connection is woken at once for what it
+// may have missed.
+func (h *listenHub) add(s *Store, d *debouncer) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.subs == nil {
+		h.subs = map[*debouncer]struct{}{}
+	}
+	h.subs[d] = struct{}{}
+	if h.stop != nil {
+		d.kick()
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	h.stop, h.done = cancel, done
+	go func() {
+		defer close(done)
+		s.listenLoop(ctx, h.kick)
+	}()
+}
+
+// remove unregisters d and, with it the last listener, ends the
+// connection and waits for it.
+func (h *listenHub) remove(d *debouncer) {
+	h.mu.Lock()
+	delete(h.subs, d)
+	var stop context.CancelFunc
+	var done chan struct{}
+	if len(h.subs) == 0 && h.stop != nil {
+		stop, done = h.stop, h.done
+		h.stop, h.done = nil, nil
+	}
+	h.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+// kick passes a notification to every listener.
+func (h *listenHub) kick() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for d := range h.subs {
+		d.kick()
+	}
+}
+
+// listenLoop keeps a LISTEN connection until ctx ends, reconnecting with
+// backoff.
+func (s *Store) listenLoop(ctx context.Context, wake func()) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := s.listenOnce(ctx, d.kick, func() { backoff = 100 * time.Millisecond })
+		err := s.listenOnce(ctx, wake, func() { backoff = 100 * time.Millisecond })
 		if ctx.Err() != nil {
-			return nil // the connection ended because ctx did: not a failure
+			return // the connection ended because ctx did: not a failure
 		}
 		s.log.Warn("postgres notifications interrupted; reconnecting", "err", err, "in", backoff)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil
+			return
 		case <-t.C:
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
-	return nil
 }
 
 // listenOnce listens on one connection until it fails or ctx ends.

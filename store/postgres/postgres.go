@@ -95,6 +95,8 @@ type Store struct {
 	// looks its key up.
 	keysMu      sync.Mutex
 	claimedKeys map[int64]string
+
+	listeners listenHub // one LISTEN connection for every Listen call
 }
 
 var (

@@ -260,6 +260,92 @@ func TestListen(t *testing.T) {
 	}
 }
 
+// Several listeners on one store (a client's store loops) share one
+// LISTEN connection: each is woken by another node's insert, one leaving
+// does not stop the others, and the connection closes with the last.
+func TestListenersShareAConnection(t *testing.T) {
+	t.Parallel()
+	u := pgtest.SchemaURL(t)
+	listener, writer := openURL(t, u), openURL(t, u)
+	admin, err := pgx.Connect(t.Context(), pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background()) //nolint:errcheck // test connection
+	listening := func() int {
+		t.Helper()
+		var n int
+		if err := admin.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE query LIKE 'LISTEN %' AND query LIKE '%'||$1||'%'`, listener.Schema()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	type sub struct {
+		woken  chan struct{}
+		cancel context.CancelFunc
+		done   chan error
+	}
+	start := func() sub {
+		ctx, cancel := context.WithCancel(t.Context())
+		s := sub{woken: make(chan struct{}, 100), cancel: cancel, done: make(chan error, 1)}
+		go func() { s.done <- listener.Listen(ctx, func() { s.woken <- struct{}{} }) }()
+		return s
+	}
+	stop := func(s sub) {
+		s.cancel()
+		if err := <-s.done; err != nil {
+			t.Errorf("Listen returned %v after its context ended", err)
+		}
+	}
+	// wokenByInsert inserts until s wakes.
+	wokenByInsert := func(s sub, what string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			for len(s.woken) > 0 {
+				<-s.woken
+			}
+			if _, err := writer.InsertMany(t.Context(), store.InsertManyParams{Now: time.Now(),
+				Jobs: []store.InsertParams{{Kind: "k", Key: "a", Payload: []byte(`{}`), MaxAttempts: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-s.woken:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no wake-up for inserts %s", what)
+			}
+		}
+	}
+	a, b := start(), start()
+	for _, s := range []sub{a, b} { // the wake-up every listener gets as it starts
+		select {
+		case <-s.woken:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a listener was not woken when it started")
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // so the drain below takes any second start-up wake-up
+	wokenByInsert(a, "for the first listener")
+	wokenByInsert(b, "for the second listener")
+	if n := listening(); n != 1 {
+		t.Errorf("%d LISTEN connections for two listeners of one store, want 1", n)
+	}
+	stop(a)
+	wokenByInsert(b, "after the other listener left")
+	stop(b)
+	deadline := time.Now().Add(5 * time.Second)
+	for listening() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the LISTEN connection outlived its last listener")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestElect(t *testing.T) {
 	t.Parallel()
 	s := openTest(t)
