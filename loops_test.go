@@ -3,7 +3,6 @@ package herald_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -101,17 +100,22 @@ func TestStoreLoopsPostgres(t *testing.T) {
 			}
 		})
 	}
-	var cappedIDs []int64
-	for i := range 30 {
-		r, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "capped", Key: fmt.Sprintf("c-%d", i)})
-		if err != nil {
-			t.Fatal(err)
+	enqueueCapped := func(prefix string, n int) []int64 {
+		t.Helper()
+		var ids []int64
+		for i := range n {
+			r, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "capped", Key: fmt.Sprintf("%s-%d", prefix, i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, r.Job.ID)
 		}
-		cappedIDs = append(cappedIDs, r.Job.ID)
+		return ids
 	}
+	cappedIDs := enqueueCapped("c", 30)
 	wg.Wait()
 	close(errs)
-	if err := errors.Join(<-errs); err != nil {
+	if err := <-errs; err != nil { // the first producer's failure, if any
 		t.Fatal(err)
 	}
 	for _, a := range acks {
@@ -125,14 +129,7 @@ func TestStoreLoopsPostgres(t *testing.T) {
 	if err := c.Pause("capped"); err != nil {
 		t.Fatal(err)
 	}
-	var held []int64
-	for i := range 4 {
-		r, err := c.Enqueue(t.Context(), herald.EnqueueParams{Kind: "capped", Key: fmt.Sprintf("p-%d", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, r.Job.ID)
-	}
+	held := enqueueCapped("p", 4)
 	time.Sleep(200 * time.Millisecond)
 	for _, id := range held {
 		if j, err := c.Get(t.Context(), id); err != nil || j.State != herald.StateAvailable {
