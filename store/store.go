@@ -270,7 +270,10 @@ type Driver interface {
 	// nothing. InsertMany, FinishMany and Claim are its parts on their own.
 	Exchange(ctx context.Context, p ExchangeParams) (*ExchangeResult, error)
 	// InsertMany stores a batch durably, all or nothing, and places each job
-	// in its key's line.
+	// in its key's line. Every job gets a new id, above every id of earlier
+	// batches; a key's ids rise in the order given. Across keys a driver
+	// may order one batch's ids as it writes them (SQLite groups a large
+	// batch by key).
 	InsertMany(ctx context.Context, p InsertManyParams) ([]InsertResult, error)
 	// Claim marks ready line heads running under a lease and returns them.
 	// A head is ready when its state is pending and run_at <= Now.

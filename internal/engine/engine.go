@@ -82,10 +82,12 @@ type Config struct {
 	CompletedRetention time.Duration
 	DiscardedRetention time.Duration
 	IdempotencyWindow  time.Duration
-	// MaxBatch caps rows per group-commit transaction. Defaults to 8,000:
+	// MaxBatch caps rows per group-commit transaction. Defaults to 16,000:
 	// a cycle's cost is mostly the index pages it dirties (about one per
 	// key it touches), so under a flood larger cycles write far fewer pages
-	// per job; a cycle of 8,000 rows still commits in tens of milliseconds.
+	// per job; a cycle of 16,000 rows still commits in tens of milliseconds.
+	// Only a flood fills it (32 connections posting batches of 1,000), and
+	// there 16,000 made 12-25 % more jobs/s than 8,000 (docs/benchmarks.md).
 	MaxBatch int
 	// CommitDelay is how long a cycle with inserts waits for more before
 	// it commits, when the previous cycle carried at least 16 insert
@@ -187,7 +189,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.RescueEvery = min(time.Second, cfg.LeaseDuration/4)
 	}
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 8000
+		cfg.MaxBatch = 16000
 	}
 	if cfg.CommitDelay == 0 {
 		cfg.CommitDelay = 100 * time.Microsecond

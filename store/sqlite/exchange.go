@@ -670,6 +670,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	nowUS := micros(now)
 	results := make([]store.InsertResult, len(p.Inserts))
 	jobs := make([]store.Job, len(p.Inserts)) // one allocation for the cycle's answers
+	khs, order := insertOrder(p.Inserts)
 	rows := &pendingRows{auto: w.store.rowidIsLastID,
 		args: make([]any, 0, len(p.Inserts)*insertColumns)}
 	// Boxing an int64 or a string for database/sql allocates; most rows
@@ -677,7 +678,12 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	nowArg := any(nowUS)
 	var kindArg any
 	lastKind := ""
-	for i, in := range p.Inserts {
+	for n := range p.Inserts {
+		i := n
+		if order != nil {
+			i = order[n]
+		}
+		in := p.Inserts[i]
 		if in.IdempotencyKey != "" {
 			// An earlier row of this batch may hold the same key.
 			if err := w.insertRows(rows); err != nil {
@@ -713,7 +719,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		if dueUS != nowUS {
 			dueArg = dueUS
 		}
-		rows.add(id, kindArg, in.Key, lineID(in.Key), []byte(in.Payload), state,
+		rows.add(id, kindArg, in.Key, khs[i], []byte(in.Payload), state,
 			in.MaxAttempts, dueArg, dueArg, idem, nowArg)
 		jobs[i] = store.Job{
 			ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
@@ -749,6 +755,46 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	}
 	return results, nil
 }
+
+// insertOrder returns each insert's line id and, for a large cycle, the
+// order to write the inserts in (nil: as they came): grouped by line id,
+// each key's jobs in arrival order. The line index is ordered by line id,
+// so the rows of one key then go into one leaf page one after another, and
+// the next key's leaf is its neighbour, instead of every row seeking a
+// random leaf of an index much larger than the CPU's caches: a flood of
+// batch enqueues over 1,000 keys made 8-19 % more jobs/s.
+//
+// Ids are handed out in write order. Table rows must be appended in id
+// order to stay cheap (naming ids out of order lost the whole gain), so
+// in a grouped cycle ids rise within each key, as line order needs, and
+// across cycles, but not across the keys of one cycle. Small cycles (a
+// single job, a short batch) keep arrival order, and a cycle with
+// idempotency keys does too: which of two rows sharing an idempotency key
+// is stored must not depend on their keys.
+func insertOrder(ins []store.InsertParams) ([]int64, []int) {
+	khs := make([]int64, len(ins))
+	grouped := len(ins) >= groupInsertsFrom
+	for i, in := range ins {
+		khs[i] = lineID(in.Key)
+		if in.IdempotencyKey != "" {
+			grouped = false
+		}
+	}
+	if !grouped {
+		return khs, nil
+	}
+	order := make([]int, len(ins))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(khs[a], khs[b]) })
+	return khs, order
+}
+
+// groupInsertsFrom is the smallest cycle insertOrder groups by key. The
+// gain is a flood's (cycles of thousands of rows); below it the rows touch
+// few leaves, and arrival order is the least surprising order for ids.
+const groupInsertsFrom = 1000
 
 // pendingRows are rows buffered for the multi-row insert: their values in
 // column order (without the id when auto) and their ids.

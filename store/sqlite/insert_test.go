@@ -92,3 +92,69 @@ func TestInsertChunkShapes(t *testing.T) {
 		}
 	}
 }
+
+// insertOrder groups a large cycle's rows by line id, each key's rows in
+// arrival order, and leaves small cycles and cycles with idempotency keys
+// in arrival order.
+func TestInsertOrder(t *testing.T) {
+	t.Parallel()
+	many := func(n int, idem string) []store.InsertParams {
+		in := make([]store.InsertParams, n)
+		for i := range in {
+			in[i] = store.InsertParams{Kind: "a", Key: fmt.Sprintf("k%d", i%5)}
+			if i%9 == 0 {
+				in[i].Key = "" // unordered
+			}
+		}
+		if idem != "" {
+			in[n/2].IdempotencyKey = idem
+		}
+		return in
+	}
+	tests := []struct {
+		name    string
+		in      []store.InsertParams
+		grouped bool
+	}{
+		{"small cycle", many(groupInsertsFrom-1, ""), false},
+		{"large cycle", many(groupInsertsFrom, ""), true},
+		{"large cycle with an idempotency key", many(3*groupInsertsFrom, "once"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			khs, order := insertOrder(tt.in)
+			for i, in := range tt.in {
+				if khs[i] != lineID(in.Key) {
+					t.Fatalf("line id %d: %d, want %d", i, khs[i], lineID(in.Key))
+				}
+			}
+			if !tt.grouped {
+				if order != nil {
+					t.Fatalf("order %v, want arrival order (nil)", order[:10])
+				}
+				return
+			}
+			if len(order) != len(tt.in) {
+				t.Fatalf("order has %d entries for %d rows", len(order), len(tt.in))
+			}
+			seen := make([]bool, len(tt.in))
+			for n, i := range order {
+				if seen[i] {
+					t.Fatalf("row %d written twice", i)
+				}
+				seen[i] = true
+				if n == 0 {
+					continue
+				}
+				prev := order[n-1]
+				switch {
+				case khs[prev] > khs[i]:
+					t.Fatalf("row %d (line %d) written after row %d (line %d)", i, khs[i], prev, khs[prev])
+				case khs[prev] == khs[i] && prev > i:
+					t.Fatalf("key %q: row %d written after row %d", tt.in[i].Key, i, prev)
+				}
+			}
+		})
+	}
+}
