@@ -760,7 +760,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 // order to write the inserts in (nil: as they came): grouped by line id,
 // each key's jobs in arrival order. The line index is ordered by line id,
 // so the rows of one key then go into one leaf page one after another, and
-// the next key's leaf is its neighbour, instead of every row seeking a
+// the next key's leaf is next to it, instead of every row seeking a
 // random leaf of an index much larger than the CPU's caches: a flood of
 // batch enqueues over 1,000 keys made 8-19 % more jobs/s.
 //
