@@ -9,6 +9,8 @@
 // It lives in its own module so River never becomes a herald dependency.
 //
 //	cd benchmarks/river && go run . --database-url postgres://127.0.0.1:5432/test
+//
+// pair.sh runs it and herald alternately and prints their ratio.
 package main
 
 import (

@@ -737,10 +737,9 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	}
 	if w.store.memo.budget > 0 {
 		w.arrived = map[int64][]*store.Job{}
-		for _, r := range results {
+		for i, r := range results {
 			if !r.Existing && r.Job.Key != "" {
-				kh := lineID(r.Job.Key)
-				w.arrived[kh] = append(w.arrived[kh], r.Job)
+				w.arrived[khs[i]] = append(w.arrived[khs[i]], r.Job)
 			}
 		}
 	}
