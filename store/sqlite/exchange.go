@@ -298,13 +298,12 @@ func (w *lineWriter) close() {
 	}
 }
 
-// arrive notes that job id of key now stands in line at (due, id). job is
-// the job as inserted, or nil when it rejoins its line.
-func (w *lineWriter) arrive(key string, id, dueUS, runUS int64, kind string, job *store.Job) {
+// arrive notes that job id of key (line kh) now stands in line at (due,
+// id). job is the job as inserted, or nil when it rejoins its line.
+func (w *lineWriter) arrive(key string, kh, id, dueUS, runUS int64, kind string, job *store.Job) {
 	if w.arrivals == nil {
 		w.arrivals = map[int64]*arrival{}
 	}
-	kh := lineID(key)
 	a := w.arrivals[kh]
 	if a == nil || dueUS < a.dueUS || (dueUS == a.dueUS && id < a.id) {
 		w.arrivals[kh] = &arrival{kh: kh, id: id, dueUS: dueUS, runUS: runUS, kind: kind, key: key, job: job}
@@ -676,14 +675,14 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	// Boxing an int64 or a string for database/sql allocates; most rows
 	// share these values, so they are boxed once.
 	nowArg := any(nowUS)
-	var kindArg any
-	lastKind := ""
+	var kindArg, keyArg, khArg any
+	lastKind, lastKey := "", ""
 	for n := range p.Inserts {
 		i := n
 		if order != nil {
 			i = order[n]
 		}
-		in := p.Inserts[i]
+		in := &p.Inserts[i]
 		if in.IdempotencyKey != "" {
 			// An earlier row of this batch may hold the same key.
 			if err := w.insertRows(rows); err != nil {
@@ -715,11 +714,15 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		if kindArg == nil || in.Kind != lastKind {
 			kindArg, lastKind = in.Kind, in.Kind
 		}
+		// A grouped cycle has each key's rows side by side.
+		if keyArg == nil || in.Key != lastKey {
+			keyArg, khArg, lastKey = in.Key, khs[i], in.Key
+		}
 		dueArg := nowArg
 		if dueUS != nowUS {
 			dueArg = dueUS
 		}
-		rows.add(id, kindArg, in.Key, khs[i], []byte(in.Payload), state,
+		rows.add(id, kindArg, keyArg, khArg, []byte(in.Payload), state,
 			in.MaxAttempts, dueArg, dueArg, idem, nowArg)
 		jobs[i] = store.Job{
 			ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
@@ -729,7 +732,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		}
 		results[i] = store.InsertResult{Job: &jobs[i]}
 		if in.Key != "" {
-			w.arrive(in.Key, id, dueUS, dueUS, in.Kind, results[i].Job)
+			w.arrive(in.Key, khs[i], id, dueUS, dueUS, in.Kind, results[i].Job)
 		}
 	}
 	if err := w.insertRows(rows); err != nil {

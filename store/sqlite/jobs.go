@@ -400,7 +400,7 @@ func (s *Store) Retry(ctx context.Context, id int64, now time.Time) (*store.Job,
 			finished_at = NULL WHERE id = ?3`, nowUS, dueUS, id); err != nil {
 			return err
 		}
-		w.arrive(j.Key, id, dueUS, nowUS, j.Kind, nil)
+		w.arrive(j.Key, lineID(j.Key), id, dueUS, nowUS, j.Kind, nil)
 		w.store.memo.forget(lineID(j.Key)) // not followed: read the line again
 		return w.flush()
 	})
