@@ -1,7 +1,7 @@
 package sqlite
 
 import (
-	"encoding/json"
+	"database/sql"
 	"fmt"
 	"strconv"
 	"strings"
@@ -12,42 +12,108 @@ import (
 // statement call costs more in database/sql and the driver than SQLite
 // spends on the row itself.
 
+// multiRow is a statement over many rows of bound values, prepared once
+// for each of a few row counts: a cycle's rows are cut into the largest
+// counts that fit. Each statement call costs about as much as a dozen rows,
+// so a few calls of many rows beat one call per row; and bound values beat
+// a JSON array (json_each) once a row has more than one or two cells,
+// because extracting each cell costs more than writing the row.
+type multiRow struct {
+	cols  int
+	sizes []int // descending, ending in 1
+	sqls  map[int]string
+}
+
+// newMultiRow returns the statements that build makes of a VALUES list of
+// n rows of cols placeholders, for each n of sizes.
+func newMultiRow(cols int, sizes []int, build func(values string) string) *multiRow {
+	m := &multiRow{cols: cols, sizes: sizes, sqls: make(map[int]string, len(sizes))}
+	row := "(" + strings.TrimSuffix(strings.Repeat("?,", cols), ",") + ")"
+	for _, n := range sizes {
+		m.sqls[n] = build(strings.TrimSuffix(strings.Repeat(row+",", n), ","))
+	}
+	return m
+}
+
+// statements lists the prepared statements, for hotStatements.
+func (m *multiRow) statements() []string {
+	qs := make([]string, 0, len(m.sizes))
+	for _, n := range m.sizes {
+		qs = append(qs, m.sqls[n])
+	}
+	return qs
+}
+
+// exec runs the rows in args (cols values per row) in as few statements as
+// the sizes allow. after, if not nil, sees each statement's result and the
+// index of its last row.
+func (w *lineWriter) execRows(m *multiRow, args []any, after func(last int, res sql.Result) error) error {
+	if len(args)%m.cols != 0 {
+		return fmt.Errorf("sqlite: %d values do not make rows of %d", len(args), m.cols)
+	}
+	done := 0
+	for _, n := range m.sizes {
+		for len(args) >= n*m.cols {
+			st, err := w.stmt(m.sqls[n])
+			if err != nil {
+				return err
+			}
+			res, err := st.ExecContext(w.ctx, args[:n*m.cols]...)
+			if err != nil {
+				return err
+			}
+			done += n
+			if after != nil {
+				if err := after(done-1, res); err != nil {
+					return err
+				}
+			}
+			args = args[n*m.cols:]
+		}
+	}
+	return nil
+}
+
+// binaryChunks are row counts that cut any number of rows into at most a
+// handful of statements: the large ones first, then the binary digits of
+// what is left (77 rows: 64 + 8 + 4 + 1).
+var binaryChunks = []int{256, 64, 32, 16, 8, 4, 2, 1}
+
 // insertColumns are bound per row, in this order, by the multi-row insert
 // with explicit ids; the insert that leaves ids to SQLite binds all but
 // the first.
 const insertColumns = 11
 
-// insertChunks are the row counts of the prepared multi-row inserts; a
-// batch is cut into the largest chunks that fit. Each statement call costs
-// about as much as a dozen rows, so the small sizes follow the binary
-// digits of what is left (77 rows: 64 + 8 + 4 + 1).
-var insertChunks = []int{256, 64, 32, 16, 8, 4, 2, 1}
-
-// insertRowsSQL is an INSERT of n rows, with explicit ids or, when
-// withID is false, with the ids SQLite picks (the highest rowid plus one).
+// insertJobs and insertJobsAuto insert jobs with explicit ids and with the
+// ids SQLite picks (the highest rowid plus one).
 //
 // OR ROLLBACK: a failed statement fails the whole cycle anyway, and
 // without an ABORT path SQLite keeps no statement journal (a copy of every
 // page the statement touches). An explicit INTEGER PRIMARY KEY brings that
 // journal back regardless (SQLite checks the value is an integer and may
 // abort), which is why the store leaves ids to SQLite when it can.
-func insertRowsSQL(n int, withID bool) string {
-	var b strings.Builder
-	b.WriteString(`INSERT OR ROLLBACK INTO herald_jobs (`)
-	row := "(?,?,?,?,?,?,?,?,?,?)"
-	if withID {
-		b.WriteString("id, ")
-		row = "(?,?,?,?,?,?,?,?,?,?,?)"
-	}
-	b.WriteString(`kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at) VALUES `)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(row)
-	}
-	return b.String()
-}
+var (
+	insertJobs = newMultiRow(insertColumns, binaryChunks, func(values string) string {
+		return `INSERT OR ROLLBACK INTO herald_jobs (id, ` + insertColumnNames + `) VALUES ` + values
+	})
+	insertJobsAuto = newMultiRow(insertColumns-1, binaryChunks, func(values string) string {
+		return `INSERT OR ROLLBACK INTO herald_jobs (` + insertColumnNames + `) VALUES ` + values
+	})
+)
+
+const insertColumnNames = `kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at`
+
+// moveHeads points lines at new heads: kh, head, kind, run_at per row.
+var moveHeads = newMultiRow(4, binaryChunks, func(values string) string {
+	return `WITH v (kh, head, kind, run_at) AS (VALUES ` + values + `)
+		UPDATE OR ROLLBACK herald_lines SET head_id = v.head, kind = v.kind, run_at = v.run_at, blocked = 0
+		FROM v WHERE herald_lines.kh = v.kh`
+})
+
+// insertLines creates lines: kh, key, head, kind, run_at, blocked per row.
+var insertLines = newMultiRow(6, binaryChunks, func(values string) string {
+	return `INSERT OR ROLLBACK INTO herald_lines (kh, key, head_id, kind, run_at, blocked) VALUES ` + values
+})
 
 const (
 	// nextOneSQL and nextManySQL read, for each [kh, due, id] of a finished
@@ -77,18 +143,12 @@ const (
 				AND x.state < 4 ORDER BY x.due_at, x.id LIMIT ` + readAheadSQL + `))`
 	// dropLinesSQL deletes the lines of [kh, ...].
 	dropLinesSQL = `DELETE FROM herald_lines WHERE kh IN (SELECT value FROM json_each(?1))`
-	// moveHeadsSQL points lines at new heads: [[kh, head, kind, run_at], ...].
-	moveHeadsSQL = `UPDATE OR ROLLBACK herald_lines SET head_id = p.value ->> 1, kind = p.value ->> 2, run_at = p.value ->> 3, blocked = 0
-		FROM json_each(?1) p WHERE herald_lines.kh = p.value ->> 0`
 	// lineHeadsSQL reads the heads of [kh, ...] for placing newcomers.
 	lineHeadsSQL = `SELECT p.value, l.head_id, l.blocked, j.state, j.due_at, j.attempt
 		FROM json_each(?1) p JOIN herald_lines l ON l.kh = p.value JOIN herald_jobs j ON j.id = l.head_id`
-	// newLinesSQL creates lines: [[kh, key, head, kind, run_at, blocked], ...].
-	newLinesSQL = `INSERT OR ROLLBACK INTO herald_lines (kh, key, head_id, kind, run_at, blocked)
-		SELECT p.value ->> 0, p.value ->> 1, p.value ->> 2, p.value ->> 3, p.value ->> 4, p.value ->> 5 FROM json_each(?1) p`
 )
 
-// jsonRows builds a JSON array of arrays of int64 and string cells without
+// jsonRows builds a JSON array of arrays of int64 cells without
 // reflection: this runs for every row of every cycle.
 type jsonRows struct {
 	b    []byte
@@ -117,16 +177,6 @@ func (r *jsonRows) sep() {
 func (r *jsonRows) int(v int64) *jsonRows {
 	r.sep()
 	r.b = strconv.AppendInt(r.b, v, 10)
-	return r
-}
-
-func (r *jsonRows) str(s string) *jsonRows {
-	r.sep()
-	q, err := json.Marshal(s)
-	if err != nil { // a Go string always encodes
-		panic(fmt.Sprintf("sqlite: encode %q: %v", s, err))
-	}
-	r.b = append(r.b, q...)
 	return r
 }
 

@@ -159,3 +159,49 @@ func drainRandomKeys(b *testing.B, opts Options) {
 		}
 	}
 }
+
+// BenchmarkExchangeIdleKeys is single-job enqueueing at a steady rate
+// (`herald bench http` without --batch): each cycle inserts 100 jobs whose
+// keys have nothing pending, so every job opens its key's line and is
+// handed off on the spot, and completes in the next cycle, which drops the
+// line again. ns/op is per job.
+func BenchmarkExchangeIdleKeys(b *testing.B) {
+	ctx := context.Background()
+	s, err := Open(ctx, b.TempDir()+"/herald.db", Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := s.Close(); err != nil {
+			b.Error(err)
+		}
+	}()
+	const (
+		cycle = 100
+		keys  = 1000
+	)
+	claim := func(now time.Time) *store.ClaimParams {
+		return &store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
+			Limits: []store.KindLimit{{Kind: "k", Max: cycle}}, Max: cycle}
+	}
+	inserts := make([]store.InsertParams, cycle)
+	var running []*store.Job
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		n := min(cycle, b.N-done)
+		for i := range inserts[:n] {
+			inserts[i] = store.InsertParams{Kind: "k", Key: fmt.Sprintf("key-%d", (done+i)%keys), Payload: json.RawMessage(`{"n":1}`), MaxAttempts: 3}
+		}
+		fs := make([]store.FinishParams, len(running))
+		for i, j := range running {
+			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+		}
+		now := time.Now()
+		res, err := s.Exchange(ctx, store.ExchangeParams{Now: now, Inserts: inserts[:n], Finishes: fs, Claim: claim(now)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		done += n
+		running = res.Claimed
+	}
+}

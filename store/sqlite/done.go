@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/heraldmq/herald/store"
@@ -160,29 +159,13 @@ const (
 	dropLogSQL = `DELETE FROM herald_done_log WHERE seq <= ?1`
 )
 
-// foldRows is the largest fold statement's row count; smaller ones take
-// foldRows/8, /64... rows, down to one.
-const foldRows = 512
-
-// foldSQLs holds the fold statement per row count: it writes completions
-// (id, attempt, started_at, finished_at) into their rows.
-var foldSQLs = func() map[int]string {
-	m := map[int]string{}
-	for n := foldRows; n >= 1; n /= 8 {
-		var b strings.Builder
-		b.WriteString(`WITH v (id, attempt, started_at, finished_at) AS (VALUES `)
-		for i := range n {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString("(?,?,?,?)")
-		}
-		b.WriteString(`) UPDATE OR ROLLBACK herald_jobs SET state = 4, attempt = v.attempt, started_at = v.started_at,
-			finished_at = v.finished_at FROM v WHERE herald_jobs.id = v.id`)
-		m[n] = b.String()
-	}
-	return m
-}()
+// foldRows writes completions (id, attempt, started_at, finished_at) into
+// their rows.
+var foldRows = newMultiRow(4, []int{512, 64, 8, 1}, func(values string) string {
+	return `WITH v (id, attempt, started_at, finished_at) AS (VALUES ` + values + `)
+		UPDATE OR ROLLBACK herald_jobs SET state = 4, attempt = v.attempt, started_at = v.started_at,
+		finished_at = v.finished_at FROM v WHERE herald_jobs.id = v.id`
+})
 
 // logCompleted appends this cycle's completions [[id, attempt, started_at],
 // ...] to the log under the next sequence number, which it returns.
@@ -206,22 +189,13 @@ func (w *lineWriter) fold(n int) (int64, error) {
 	if len(rows) == 0 {
 		return 0, nil
 	}
-	// Multi-row statements with bound values: JSON extraction cost more
-	// than the row writes.
-	args := make([]any, 0, foldRows*4)
-	for len(rows) > 0 {
-		n := foldRows
-		for n > len(rows) {
-			n /= 8
-		}
-		args = args[:0]
-		for _, r := range rows[:n] {
-			args = append(args, r[0], r[1], r[2], r[3])
-		}
-		if err := w.exec(foldSQLs[n], args...); err != nil {
-			return 0, err
-		}
-		rows = rows[n:]
+	// Bound values: JSON extraction cost more than the row writes.
+	args := make([]any, 0, len(rows)*foldRows.cols)
+	for _, r := range rows {
+		args = append(args, r[0], r[1], r[2], r[3])
+	}
+	if err := w.execRows(foldRows, args, nil); err != nil {
+		return 0, err
 	}
 	if err := w.exec(dropLogSQL, seq); err != nil {
 		return 0, err

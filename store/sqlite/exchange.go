@@ -58,29 +58,10 @@ func lineID(key string) int64 {
 	return 1
 }
 
-// insertRowsSQLs and insertAutoSQLs hold the multi-row insert for each
-// chunk size, with explicit ids and with ids left to SQLite.
-var insertRowsSQLs, insertAutoSQLs = func() (withID, auto map[int]string) {
-	withID, auto = map[int]string{}, map[int]string{}
-	for _, n := range insertChunks {
-		withID[n], auto[n] = insertRowsSQL(n, true), insertRowsSQL(n, false)
-	}
-	return withID, auto
-}()
-
 // hotStatements are prepared once at Open.
-var hotStatements = append([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL, nextUnorderedRunSQL,
-	markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, moveHeadsSQL, lineHeadsSQL, newLinesSQL},
-	func() []string {
-		var qs []string
-		for _, n := range insertChunks {
-			qs = append(qs, insertRowsSQLs[n], insertAutoSQLs[n])
-		}
-		for _, q := range foldSQLs {
-			qs = append(qs, q)
-		}
-		return append(qs, logDoneSQL, dropLogSQL)
-	}()...)
+var hotStatements = slices.Concat([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
+	nextUnorderedRunSQL, markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, lineHeadsSQL, logDoneSQL, dropLogSQL},
+	insertJobs.statements(), insertJobsAuto.statements(), insertLines.statements(), moveHeads.statements(), foldRows.statements())
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
 // at, ?5 message, ?6 time as text.
@@ -344,7 +325,7 @@ func (w *lineWriter) flush() error {
 func (w *lineWriter) openLines() error {
 	// Oldest first, should slots run short.
 	slices.SortFunc(w.fresh, func(a, b *arrival) int { return cmpPlace(a.runUS, a.id, b.runUS, b.id) })
-	var created jsonRows
+	created := make([]any, 0, len(w.fresh)*insertLines.cols)
 	for _, a := range w.fresh {
 		blocked := 0
 		if a.job != nil {
@@ -358,11 +339,10 @@ func (w *lineWriter) openLines() error {
 				blocked = 2
 			}
 		}
-		created.row()
-		created.int(a.kh).str(a.key).int(a.id).str(a.kind).int(a.runUS).int(int64(blocked))
+		created = append(created, a.kh, a.key, a.id, a.kind, a.runUS, blocked)
 	}
 	w.fresh = w.fresh[:0]
-	return w.exec(newLinesSQL, created.String())
+	return w.execRows(insertLines, created, nil)
 }
 
 // advanceLines moves each finished head's line to its next job, hands
@@ -386,7 +366,7 @@ func (w *lineWriter) advanceLines() error {
 		}
 	}
 	var drops []int64
-	var moves jsonRows
+	var moves []any
 	for i, h := range w.advance {
 		j := next[i]
 		if j == nil {
@@ -398,8 +378,7 @@ func (w *lineWriter) advanceLines() error {
 			return err
 		}
 		if !handed {
-			moves.row()
-			moves.int(h.kh).int(j.ID).str(j.Kind).int(micros(j.RunAt))
+			moves = append(moves, h.kh, j.ID, j.Kind, micros(j.RunAt))
 		}
 	}
 	if len(drops) > 0 {
@@ -407,10 +386,7 @@ func (w *lineWriter) advanceLines() error {
 			return err
 		}
 	}
-	if moves.rows > 0 {
-		return w.exec(moveHeadsSQL, moves.String())
-	}
-	return nil
+	return w.execRows(moveHeads, moves, nil)
 }
 
 // readNext reads the job after each finished head of heads into
@@ -519,7 +495,7 @@ func (w *lineWriter) placeArrivals() error {
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return err
 	}
-	var moves jsonRows
+	var moves []any
 	for _, kh := range khs {
 		a := w.arrivals[kh]
 		h, ok := heads[kh]
@@ -535,18 +511,14 @@ func (w *lineWriter) placeArrivals() error {
 		_, running := w.claims.get(h.id)
 		movable := h.blocked == 0 && h.state == stScheduled && h.tries == 0 && !running
 		if movable && (a.dueUS < h.dueUS || (a.dueUS == h.dueUS && a.id < h.id)) {
-			moves.row()
-			moves.int(kh).int(a.id).str(a.kind).int(a.runUS)
+			moves = append(moves, kh, a.id, a.kind, a.runUS)
 			w.headed(a.id)
 			memo.forget(kh) // the old head rejoins the queue; not followed
 			continue
 		}
 		w.remember(kh, 0)
 	}
-	if moves.rows > 0 {
-		return w.exec(moveHeadsSQL, moves.String())
-	}
-	return nil
+	return w.execRows(moveHeads, moves, nil)
 }
 
 // prefixScanner scans leading columns into pre, the rest into the caller's
@@ -820,35 +792,23 @@ func (r *pendingRows) add(id int64, row ...any) {
 // out: anything else fails the cycle rather than store a job under an id
 // nobody was told.
 func (w *lineWriter) insertRows(r *pendingRows) error {
-	sqls, cols := insertRowsSQLs, insertColumns
+	m, check := insertJobs, (func(int, sql.Result) error)(nil)
 	if r.auto {
-		sqls, cols = insertAutoSQLs, insertColumns-1
-	}
-	a, ids := r.args, r.ids
-	for _, n := range insertChunks {
-		for len(ids) >= n {
-			st, err := w.stmt(sqls[n])
+		m = insertJobsAuto
+		check = func(last int, res sql.Result) error {
+			got, err := res.LastInsertId()
 			if err != nil {
 				return err
 			}
-			res, err := st.ExecContext(w.ctx, a[:n*cols]...)
-			if err != nil {
-				return err
+			if want := r.ids[last]; got != want {
+				return fmt.Errorf("%w: SQLite gave row id %d to job %d", errRowidDrift, got, want)
 			}
-			if r.auto {
-				last, err := res.LastInsertId()
-				if err != nil {
-					return err
-				}
-				if want := ids[n-1]; last != want {
-					return fmt.Errorf("%w: SQLite gave row id %d to job %d", errRowidDrift, last, want)
-				}
-			}
-			a, ids = a[n*cols:], ids[n:]
+			return nil
 		}
 	}
+	err := w.execRows(m, r.args, check)
 	r.args, r.ids = r.args[:0], r.ids[:0]
-	return nil
+	return err
 }
 
 // errRowidDrift means the table's highest rowid was not the last id handed
