@@ -17,17 +17,19 @@ import (
 // counts that fit. Each statement call costs about as much as a dozen rows,
 // so a few calls of many rows beat one call per row; and bound values beat
 // a JSON array (json_each) once a row has more than one or two cells,
-// because extracting each cell costs more than writing the row.
+// because extracting each cell costs more than writing the row. Values all
+// rows share may be bound once, as ?1 to ?shared, before the rows'.
 type multiRow struct {
-	cols  int
-	sizes []int // descending, ending in 1
-	sqls  map[int]string
+	shared, cols int
+	sizes        []int // descending, ending in 1
+	sqls         map[int]string
 }
 
 // newMultiRow returns the statements that build makes of a VALUES list of
-// n rows of cols placeholders, for each n of sizes.
-func newMultiRow(cols int, sizes []int, build func(values string) string) *multiRow {
-	m := &multiRow{cols: cols, sizes: sizes, sqls: make(map[int]string, len(sizes))}
+// n rows of cols placeholders, for each n of sizes. build's statement names
+// the shared values ?1 to ?shared; the rows' placeholders follow them.
+func newMultiRow(shared, cols int, sizes []int, build func(values string) string) *multiRow {
+	m := &multiRow{shared: shared, cols: cols, sizes: sizes, sqls: make(map[int]string, len(sizes))}
 	row := "(" + strings.TrimSuffix(strings.Repeat("?,", cols), ",") + ")"
 	for _, n := range sizes {
 		m.sqls[n] = build(strings.TrimSuffix(strings.Repeat(row+",", n), ","))
@@ -44,13 +46,15 @@ func (m *multiRow) statements() []string {
 	return qs
 }
 
-// exec runs the rows in args (cols values per row) in as few statements as
-// the sizes allow. after, if not nil, sees each statement's result and the
-// index of its last row.
-func (w *lineWriter) execRows(m *multiRow, args []any, after func(last int, res sql.Result) error) error {
-	if len(args)%m.cols != 0 {
-		return fmt.Errorf("sqlite: %d values do not make rows of %d", len(args), m.cols)
+// execRows runs the rows in args (cols values per row) in as few
+// statements as the sizes allow, each binding shared first. after, if not
+// nil, sees each statement's result and the index of its last row.
+func (w *lineWriter) execRows(m *multiRow, shared, args []any, after func(last int, res sql.Result) error) error {
+	if len(shared) != m.shared || len(args)%m.cols != 0 {
+		return fmt.Errorf("sqlite: %d shared and %d row values do not fit %d shared and rows of %d",
+			len(shared), len(args), m.shared, m.cols)
 	}
+	bound := make([]any, 0, m.shared+m.sizes[0]*m.cols)
 	done := 0
 	for _, n := range m.sizes {
 		for len(args) >= n*m.cols {
@@ -58,7 +62,12 @@ func (w *lineWriter) execRows(m *multiRow, args []any, after func(last int, res 
 			if err != nil {
 				return err
 			}
-			res, err := st.ExecContext(w.ctx, args[:n*m.cols]...)
+			call := args[:n*m.cols]
+			if m.shared > 0 {
+				bound = append(append(bound[:0], shared...), call...)
+				call = bound
+			}
+			res, err := st.ExecContext(w.ctx, call...)
 			if err != nil {
 				return err
 			}
@@ -93,25 +102,41 @@ const insertColumns = 11
 // journal back regardless (SQLite checks the value is an integer and may
 // abort), which is why the store leaves ids to SQLite when it can.
 var (
-	insertJobs = newMultiRow(insertColumns, binaryChunks, func(values string) string {
+	insertJobs = newMultiRow(0, insertColumns, binaryChunks, func(values string) string {
 		return `INSERT OR ROLLBACK INTO herald_jobs (id, ` + insertColumnNames + `) VALUES ` + values
 	})
-	insertJobsAuto = newMultiRow(insertColumns-1, binaryChunks, func(values string) string {
+	insertJobsAuto = newMultiRow(0, insertColumns-1, binaryChunks, func(values string) string {
 		return `INSERT OR ROLLBACK INTO herald_jobs (` + insertColumnNames + `) VALUES ` + values
 	})
 )
 
 const insertColumnNames = `kind, key, kh, payload, state, max_attempts, run_at, due_at, idempotency_key, created_at`
 
+// insertUniform and insertUniformAuto insert rows that differ only in id,
+// key, kh and payload (pendingRows.uniform): ?1 kind, ?2 state,
+// ?3 max_attempts, ?4 run_at and due_at, ?5 created_at, then per row
+// [id,] key, kh, payload. Binding costs more per value than SQLite spends
+// storing it, and a batch's rows share most of their values.
+var (
+	insertUniform = newMultiRow(5, 4, binaryChunks, func(values string) string {
+		return `INSERT OR ROLLBACK INTO herald_jobs (id, ` + insertColumnNames + `)
+			SELECT column1, ?1, column2, column3, column4, ?2, ?3, ?4, ?4, NULL, ?5 FROM (VALUES ` + values + `)`
+	})
+	insertUniformAuto = newMultiRow(5, 3, binaryChunks, func(values string) string {
+		return `INSERT OR ROLLBACK INTO herald_jobs (` + insertColumnNames + `)
+			SELECT ?1, column1, column2, column3, ?2, ?3, ?4, ?4, NULL, ?5 FROM (VALUES ` + values + `)`
+	})
+)
+
 // moveHeads points lines at new heads: kh, head, kind, run_at per row.
-var moveHeads = newMultiRow(4, binaryChunks, func(values string) string {
+var moveHeads = newMultiRow(0, 4, binaryChunks, func(values string) string {
 	return `WITH v (kh, head, kind, run_at) AS (VALUES ` + values + `)
 		UPDATE OR ROLLBACK herald_lines SET head_id = v.head, kind = v.kind, run_at = v.run_at, blocked = 0
 		FROM v WHERE herald_lines.kh = v.kh`
 })
 
 // insertLines creates lines: kh, key, head, kind, run_at, blocked per row.
-var insertLines = newMultiRow(6, binaryChunks, func(values string) string {
+var insertLines = newMultiRow(0, 6, binaryChunks, func(values string) string {
 	return `INSERT OR ROLLBACK INTO herald_lines (kh, key, head_id, kind, run_at, blocked) VALUES ` + values
 })
 

@@ -161,7 +161,7 @@ const (
 
 // foldRows writes completions (id, attempt, started_at, finished_at) into
 // their rows.
-var foldRows = newMultiRow(4, []int{512, 64, 8, 1}, func(values string) string {
+var foldRows = newMultiRow(0, 4, []int{512, 64, 8, 1}, func(values string) string {
 	return `WITH v (id, attempt, started_at, finished_at) AS (VALUES ` + values + `)
 		UPDATE OR ROLLBACK herald_jobs SET state = 4, attempt = v.attempt, started_at = v.started_at,
 		finished_at = v.finished_at FROM v WHERE herald_jobs.id = v.id`
@@ -194,7 +194,7 @@ func (w *lineWriter) fold(n int) (int64, error) {
 	for _, r := range rows {
 		args = append(args, r[0], r[1], r[2], r[3])
 	}
-	if err := w.execRows(foldRows, args, nil); err != nil {
+	if err := w.execRows(foldRows, nil, args, nil); err != nil {
 		return 0, err
 	}
 	if err := w.exec(dropLogSQL, seq); err != nil {

@@ -61,7 +61,7 @@ func lineID(key string) int64 {
 // hotStatements are prepared once at Open.
 var hotStatements = slices.Concat([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
 	nextUnorderedRunSQL, markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, lineHeadsSQL, logDoneSQL, dropLogSQL},
-	insertJobs.statements(), insertJobsAuto.statements(), insertLines.statements(), moveHeads.statements(), foldRows.statements())
+	insertJobs.statements(), insertJobsAuto.statements(), insertUniform.statements(), insertUniformAuto.statements(), insertLines.statements(), moveHeads.statements(), foldRows.statements())
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
 // at, ?5 message, ?6 time as text.
@@ -342,7 +342,7 @@ func (w *lineWriter) openLines() error {
 		created = append(created, a.kh, a.key, a.id, a.kind, a.runUS, blocked)
 	}
 	w.fresh = w.fresh[:0]
-	return w.execRows(insertLines, created, nil)
+	return w.execRows(insertLines, nil, created, nil)
 }
 
 // advanceLines moves each finished head's line to its next job, hands
@@ -386,7 +386,7 @@ func (w *lineWriter) advanceLines() error {
 			return err
 		}
 	}
-	return w.execRows(moveHeads, moves, nil)
+	return w.execRows(moveHeads, nil, moves, nil)
 }
 
 // readNext reads the job after each finished head of heads into
@@ -518,7 +518,7 @@ func (w *lineWriter) placeArrivals() error {
 		}
 		w.remember(kh, 0)
 	}
-	return w.execRows(moveHeads, moves, nil)
+	return w.execRows(moveHeads, nil, moves, nil)
 }
 
 // prefixScanner scans leading columns into pre, the rest into the caller's
@@ -642,13 +642,7 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 	results := make([]store.InsertResult, len(p.Inserts))
 	jobs := make([]store.Job, len(p.Inserts)) // one allocation for the cycle's answers
 	khs, order := insertOrder(p.Inserts)
-	rows := &pendingRows{auto: w.store.rowidIsLastID,
-		args: make([]any, 0, len(p.Inserts)*insertColumns)}
-	// Boxing an int64 or a string for database/sql allocates; most rows
-	// share these values, so they are boxed once.
-	nowArg := any(nowUS)
-	var kindArg, keyArg, khArg any
-	lastKind, lastKey := "", ""
+	rows := &pendingRows{auto: w.store.rowidIsLastID, nowUS: nowUS, rows: make([]pendingRow, 0, len(p.Inserts))}
 	for n := range p.Inserts {
 		i := n
 		if order != nil {
@@ -678,24 +672,9 @@ func (w *lineWriter) insert(p store.ExchangeParams) ([]store.InsertResult, error
 		if in.RunAt.After(now) {
 			dueUS, state = micros(in.RunAt), stScheduled
 		}
-		var idem any
-		if in.IdempotencyKey != "" {
-			idem = in.IdempotencyKey
-		}
 		id := w.store.nextID()
-		if kindArg == nil || in.Kind != lastKind {
-			kindArg, lastKind = in.Kind, in.Kind
-		}
-		// A grouped cycle has each key's rows side by side.
-		if keyArg == nil || in.Key != lastKey {
-			keyArg, khArg, lastKey = in.Key, khs[i], in.Key
-		}
-		dueArg := nowArg
-		if dueUS != nowUS {
-			dueArg = dueUS
-		}
-		rows.add(id, kindArg, keyArg, khArg, []byte(in.Payload), state,
-			in.MaxAttempts, dueArg, dueArg, idem, nowArg)
+		rows.rows = append(rows.rows, pendingRow{id: id, kh: khs[i], dueUS: dueUS, kind: in.Kind, key: in.Key,
+			idem: in.IdempotencyKey, payload: in.Payload, state: state, maxAttempts: in.MaxAttempts})
 		jobs[i] = store.Job{
 			ID: id, Kind: in.Kind, Key: in.Key, Payload: in.Payload,
 			State: stateNames[state], MaxAttempts: in.MaxAttempts,
@@ -770,20 +749,32 @@ func insertOrder(ins []store.InsertParams) ([]int64, []int) {
 // few leaves, and arrival order is the least surprising order for ids.
 const groupInsertsFrom = 1000
 
-// pendingRows are rows buffered for the multi-row insert: their values in
-// column order (without the id when auto) and their ids.
+// pendingRows are rows buffered for the multi-row insert.
 type pendingRows struct {
-	auto bool // leave ids to SQLite (Store.rowidIsLastID)
-	args []any
-	ids  []int64
+	auto  bool  // leave ids to SQLite (Store.rowidIsLastID)
+	nowUS int64 // created_at of every row
+	rows  []pendingRow
 }
 
-func (r *pendingRows) add(id int64, row ...any) {
-	if !r.auto {
-		r.args = append(r.args, id)
+// pendingRow is one job row; run_at is due_at.
+type pendingRow struct {
+	id, kh, dueUS      int64
+	kind, key, idem    string
+	payload            []byte
+	state, maxAttempts int
+}
+
+// uniform reports whether the rows differ only in key and payload, as a
+// batch enqueue's rows mostly do: the insert then binds the rest once.
+func (r *pendingRows) uniform() bool {
+	f := &r.rows[0]
+	for i := range r.rows {
+		x := &r.rows[i]
+		if x.kind != f.kind || x.state != f.state || x.maxAttempts != f.maxAttempts || x.dueUS != f.dueUS || x.idem != "" {
+			return false
+		}
 	}
-	r.args = append(r.args, row...)
-	r.ids = append(r.ids, id)
+	return true
 }
 
 // insertRows writes the buffered rows in as few statements as the
@@ -792,23 +783,84 @@ func (r *pendingRows) add(id int64, row ...any) {
 // out: anything else fails the cycle rather than store a job under an id
 // nobody was told.
 func (w *lineWriter) insertRows(r *pendingRows) error {
-	m, check := insertJobs, (func(int, sql.Result) error)(nil)
+	if len(r.rows) == 0 {
+		return nil
+	}
+	defer func() { r.rows = r.rows[:0] }()
+	var (
+		m      *multiRow
+		shared []any
+		args   []any
+	)
+	// Boxing an int64 or a string for database/sql allocates, so values
+	// that rows share are boxed once: a grouped cycle has each key's rows
+	// side by side.
+	var keyArg, khArg any
+	lastKey := ""
+	box := func(x *pendingRow) {
+		if keyArg == nil || x.key != lastKey {
+			keyArg, khArg, lastKey = x.key, x.kh, x.key
+		}
+	}
+	if r.uniform() {
+		m = insertUniform
+		if r.auto {
+			m = insertUniformAuto
+		}
+		f := &r.rows[0]
+		shared = []any{f.kind, f.state, f.maxAttempts, f.dueUS, r.nowUS}
+		args = make([]any, 0, len(r.rows)*m.cols)
+		for i := range r.rows {
+			x := &r.rows[i]
+			if !r.auto {
+				args = append(args, x.id)
+			}
+			box(x)
+			args = append(args, keyArg, khArg, x.payload)
+		}
+	} else {
+		m = insertJobs
+		if r.auto {
+			m = insertJobsAuto
+		}
+		nowArg := any(r.nowUS)
+		var kindArg any
+		lastKind := ""
+		args = make([]any, 0, len(r.rows)*m.cols)
+		for i := range r.rows {
+			x := &r.rows[i]
+			if !r.auto {
+				args = append(args, x.id)
+			}
+			if kindArg == nil || x.kind != lastKind {
+				kindArg, lastKind = x.kind, x.kind
+			}
+			box(x)
+			dueArg := nowArg
+			if x.dueUS != r.nowUS {
+				dueArg = x.dueUS
+			}
+			var idem any
+			if x.idem != "" {
+				idem = x.idem
+			}
+			args = append(args, kindArg, keyArg, khArg, x.payload, x.state, x.maxAttempts, dueArg, dueArg, idem, nowArg)
+		}
+	}
+	var check func(int, sql.Result) error
 	if r.auto {
-		m = insertJobsAuto
 		check = func(last int, res sql.Result) error {
 			got, err := res.LastInsertId()
 			if err != nil {
 				return err
 			}
-			if want := r.ids[last]; got != want {
+			if want := r.rows[last].id; got != want {
 				return fmt.Errorf("%w: SQLite gave row id %d to job %d", errRowidDrift, got, want)
 			}
 			return nil
 		}
 	}
-	err := w.execRows(m, r.args, check)
-	r.args, r.ids = r.args[:0], r.ids[:0]
-	return err
+	return w.execRows(m, shared, args, check)
 }
 
 // errRowidDrift means the table's highest rowid was not the last id handed

@@ -11,7 +11,8 @@ import (
 )
 
 // A cycle's rows go out as multi-row inserts in chunks of every prepared
-// size. Whatever the mix of rows, and with ids named or left to SQLite,
+// size, through the uniform statement when they share all but key and
+// payload. Whatever the mix of rows, and with ids named or left to SQLite,
 // every job must read back exactly as it was inserted.
 func TestInsertChunkShapes(t *testing.T) {
 	t.Parallel()
@@ -34,6 +35,7 @@ func TestInsertChunkShapes(t *testing.T) {
 		jobs []store.InsertParams
 	}{
 		{name: "uniform, every chunk size", jobs: mixed(256+64+32+16+8+4+2+1, nil)},
+		{name: "uniform, grouped by key", jobs: mixed(groupInsertsFrom+77, nil)},
 		{name: "another kind inside a chunk", jobs: mixed(77, func(i int, p *store.InsertParams) {
 			if i == 70 {
 				p.Kind = "b"
@@ -90,6 +92,38 @@ func TestInsertChunkShapes(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// Rows that differ only in id, key and payload bind the rest once; any
+// other difference takes the statement that binds every column.
+func TestPendingRowsUniform(t *testing.T) {
+	t.Parallel()
+	base := pendingRow{id: 1, kh: 7, dueUS: 100, kind: "a", key: "k", payload: []byte("{}"), state: stAvailable, maxAttempts: 3}
+	tests := []struct {
+		name  string
+		other func(r *pendingRow)
+		want  bool
+	}{
+		{"other id, key and payload", func(r *pendingRow) { r.id, r.kh, r.key, r.payload = 2, 8, "j", []byte("[]") }, true},
+		{"unordered", func(r *pendingRow) { r.kh, r.key = 0, "" }, true},
+		{"other kind", func(r *pendingRow) { r.kind = "b" }, false},
+		{"scheduled", func(r *pendingRow) { r.state, r.dueUS = stScheduled, 200 }, false},
+		{"other due time", func(r *pendingRow) { r.dueUS = 200 }, false},
+		{"other max attempts", func(r *pendingRow) { r.maxAttempts = 4 }, false},
+		{"idempotency key", func(r *pendingRow) { r.idem = "x" }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			other := base
+			tt.other(&other)
+			for _, rows := range [][]pendingRow{{base, other}, {other, base}} {
+				if got := (&pendingRows{rows: rows}).uniform(); got != tt.want {
+					t.Errorf("uniform(%+v) = %v, want %v", rows, got, tt.want)
+				}
+			}
+		})
 	}
 }
 
