@@ -66,7 +66,10 @@ type Config struct {
 	// applied. Defaults to 1m.
 	MaintenanceInterval time.Duration
 	// StatsInterval is how often store statistics (backlog, ready keys,
-	// oldest pending age) are refreshed. Defaults to 10s.
+	// oldest pending age) are refreshed. Defaults to 10s. Counting scans
+	// the jobs table, so when one refresh takes longer than a 50th of the
+	// interval (a large retained history), the next waits 50 times as long
+	// as it took: the gauges never cost more than 2 % of a core.
 	StatsInterval time.Duration
 
 	// Logger receives operational logs. Defaults to discarding them. Job

@@ -77,7 +77,8 @@ type Config struct {
 	RescueEvery time.Duration
 	// StatsEvery is how often the store's statistics are refreshed for
 	// LastStats. Default 10s; negative never (a client's extra store loops
-	// leave them to its first).
+	// leave them to its first). A refresh that takes longer than a 50th of
+	// it spaces the next one out (statsSpacing).
 	StatsEvery         time.Duration
 	CompletedRetention time.Duration
 	DiscardedRetention time.Duration

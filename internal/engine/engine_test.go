@@ -357,3 +357,28 @@ func TestCommitWait(t *testing.T) {
 		})
 	}
 }
+
+// A statistics refresh that takes longer than a 50th of the interval
+// pushes the next one out, so counting a large table stays under 2 % of
+// the time.
+func TestStatsSpacing(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		every, took time.Duration
+		want        time.Duration
+	}{
+		{"fast count keeps the interval", 10 * time.Second, 5 * time.Millisecond, 10 * time.Second},
+		{"at the budget", 10 * time.Second, 200 * time.Millisecond, 10 * time.Second},
+		{"slow count waits 50 times its duration", 10 * time.Second, 600 * time.Millisecond, 30 * time.Second},
+		{"very slow count", time.Second, 4 * time.Second, 200 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := statsSpacing(tt.every, tt.took); got != tt.want {
+				t.Errorf("statsSpacing(%v, %v) = %v, want %v", tt.every, tt.took, got, tt.want)
+			}
+		})
+	}
+}

@@ -620,12 +620,19 @@ func (e *Engine) maintainLoop() {
 			nextMaint = now.Add(e.cfg.MaintenanceEvery)
 		}
 		if !now.Before(nextStats) {
-			if st, err := e.drv.Stats(ctx, now); err == nil {
+			began := e.clk.Now()
+			st, err := e.drv.Stats(ctx, now)
+			if err == nil {
 				e.stats.Store(st)
 			} else if ctx.Err() == nil {
 				e.log.Warn("store stats failed", "err", err)
 			}
-			nextStats = now.Add(e.cfg.StatsEvery)
+			took := e.clk.Now().Sub(began)
+			every := statsSpacing(e.cfg.StatsEvery, took)
+			if every > e.cfg.StatsEvery {
+				e.log.Debug("store stats are slow; refreshing them less often", "took", took, "every", every)
+			}
+			nextStats = now.Add(every)
 		}
 		d := minTime(nextRenew, nextRescue, nextMaint, nextStats).Sub(e.clk.Now())
 		c, stop := e.clk.NewTimer(max(d, time.Millisecond))
@@ -638,6 +645,19 @@ func (e *Engine) maintainLoop() {
 		}
 	}
 }
+
+// statsSpacing is the wait before the next statistics refresh, one that
+// took took: every, or longer when counting is slow. The counts scan the
+// jobs table, which grows with retention (a million retained jobs take a
+// second or more), and an idle node should not spend a tenth of a core
+// on its gauges, nor a busy one take that from its store loop; so the
+// refresh never uses more than 1/statsDuty of the time.
+func statsSpacing(every, took time.Duration) time.Duration {
+	return max(every, took*statsDuty)
+}
+
+// statsDuty: counting takes at most one 50th (2 %) of the time.
+const statsDuty = 50
 
 func minTime(ts ...time.Time) time.Time {
 	m := ts[0]
