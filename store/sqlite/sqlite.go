@@ -338,7 +338,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if s.nextUnorderedRun, err = s.reader.PrepareContext(ctx, nextUnorderedRunSQL); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: prepare: %w", err), s.Close())
 	}
-	if err := s.ckpt.start(path, pragmas, defaultCheckpointEvery); err != nil {
+	if err := s.ckpt.start(path, pragmas, pageSize, defaultCheckpointEvery); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: open checkpointer: %w", err), s.Close())
 	}
 	return s, nil
