@@ -40,15 +40,15 @@ const (
 )
 
 type checkpointer struct {
-	db      *sql.DB
-	every   time.Duration
+	db        *sql.DB
+	every     time.Duration
 	commits   atomic.Int64 // write transactions since the last checkpoint
 	runs      atomic.Int64 // checkpoints done, for tests
 	truncates atomic.Int64 // truncations done, for tests
 	pageSize  int64        // the database's, to size the WAL from its frames
-	stop    chan struct{}
-	done    chan struct{}
-	closed  sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+	closed    sync.Once
 }
 
 // start opens the checkpointer's connection and runs it until close.
