@@ -54,7 +54,10 @@ func (w *lineWriter) execRows(m *multiRow, shared, args []any, after func(last i
 		return fmt.Errorf("sqlite: %d shared and %d row values do not fit %d shared and rows of %d",
 			len(shared), len(args), m.shared, m.cols)
 	}
-	bound := make([]any, 0, m.shared+m.sizes[0]*m.cols)
+	var bound []any // shared then one statement's rows
+	if m.shared > 0 {
+		bound = make([]any, 0, m.shared+min(len(args), m.sizes[0]*m.cols))
+	}
 	done := 0
 	for _, n := range m.sizes {
 		for len(args) >= n*m.cols {
