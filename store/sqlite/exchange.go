@@ -61,7 +61,8 @@ func lineID(key string) int64 {
 // hotStatements are prepared once at Open.
 var hotStatements = slices.Concat([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
 	nextUnorderedRunSQL, markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, lineHeadsSQL, logDoneSQL, dropLogSQL},
-	insertJobs.statements(), insertJobsAuto.statements(), insertUniform.statements(), insertUniformAuto.statements(), insertLines.statements(), moveHeads.statements(), foldRows.statements())
+	insertJobs.statements(), insertJobsAuto.statements(), insertUniform.statements(), insertUniformAuto.statements(),
+	insertLines.statements(), moveHeads.statements(), foldRows.statements())
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
 // at, ?5 message, ?6 time as text.
