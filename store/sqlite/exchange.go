@@ -14,9 +14,10 @@ import (
 	"github.com/heraldmq/herald/store"
 )
 
-// The hot-path statements. Batches pass ids and keys as one JSON array
-// (json_each), so a cycle runs a handful of statements whatever its size.
-// plan_test.go checks that none of them scans a table.
+// The hot-path statements. Lists of ids and line ids travel as one JSON
+// array (json_each), rows of several values as multi-row VALUES lists
+// (multiRow, batch.go), so a cycle runs a handful of statements whatever
+// its size. plan_test.go checks that none of them scans a table.
 const (
 	// completeSQL takes [[id, started_at], ...] of unordered jobs (ordered
 	// ones go through the completion log, done.go).
