@@ -27,12 +27,20 @@ type multiRow struct {
 
 // newMultiRow returns the statements that build makes of a VALUES list of
 // n rows of cols placeholders, for each n of sizes. build's statement names
-// the shared values ?1 to ?shared; the rows' placeholders follow them.
+// the shared values ?1 to ?shared, and must do so before the VALUES list in
+// its text: SQLite numbers each plain ? one past the highest it has seen.
 func newMultiRow(shared, cols int, sizes []int, build func(values string) string) *multiRow {
 	m := &multiRow{shared: shared, cols: cols, sizes: sizes, sqls: make(map[int]string, len(sizes))}
 	row := "(" + strings.TrimSuffix(strings.Repeat("?,", cols), ",") + ")"
 	for _, n := range sizes {
-		m.sqls[n] = build(strings.TrimSuffix(strings.Repeat(row+",", n), ","))
+		q := build(strings.TrimSuffix(strings.Repeat(row+",", n), ","))
+		if shared > 0 {
+			named, plain := strings.Index(q, "?"+strconv.Itoa(shared)), strings.Index(q, "(?")
+			if named < 0 || named > plain {
+				panic("sqlite: a multi-row statement must name ?" + strconv.Itoa(shared) + " before its VALUES list: " + q[:min(len(q), 100)])
+			}
+		}
+		m.sqls[n] = q
 	}
 	return m
 }
@@ -118,7 +126,8 @@ const insertColumnNames = `kind, key, kh, payload, state, max_attempts, run_at, 
 // insertUniform and insertUniformAuto insert rows that differ only in id,
 // key, kh and payload (pendingRows.uniform): ?1 kind, ?2 state,
 // ?3 max_attempts, ?4 run_at and due_at, ?5 created_at, then per row
-// [id,] key, kh, payload. Binding costs more per value than SQLite spends
+// [id,] key, kh, payload (the VALUES list comes after ?1-?5 in the text, so
+// its plain ? are numbered from ?6). Binding costs more per value than SQLite spends
 // storing it, and a batch's rows share most of their values.
 var (
 	insertUniform = newMultiRow(5, 4, binaryChunks, func(values string) string {
@@ -130,6 +139,13 @@ var (
 			SELECT ?1, column1, column2, column3, ?2, ?3, ?4, ?4, NULL, ?5 FROM (VALUES ` + values + `)`
 	})
 )
+
+// completeRows completes unordered jobs in place (ordered ones go through
+// the completion log, done.go): ?1 finished_at, then id, started_at per row.
+var completeRows = newMultiRow(1, 2, binaryChunks, func(values string) string {
+	return `UPDATE OR ROLLBACK herald_jobs SET state = 4, attempt = attempt + 1, started_at = v.column2, finished_at = ?1
+		FROM (VALUES ` + values + `) AS v WHERE herald_jobs.id = v.column1`
+})
 
 // moveHeads points lines at new heads: kh, head, kind, run_at per row.
 var moveHeads = newMultiRow(0, 4, binaryChunks, func(values string) string {

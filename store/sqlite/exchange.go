@@ -19,12 +19,6 @@ import (
 // (multiRow, batch.go), so a cycle runs a handful of statements whatever
 // its size. plan_test.go checks that none of them scans a table.
 const (
-	// completeSQL takes [[id, started_at], ...] of unordered jobs (ordered
-	// ones go through the completion log, done.go).
-	completeSQL = `UPDATE herald_jobs SET state = 4, attempt = attempt + 1,
-		started_at = p.value ->> 1, finished_at = ?2
-		FROM json_each(?1) p WHERE herald_jobs.id = p.value ->> 0`
-
 	moveHeadSQL = `UPDATE herald_lines SET head_id = ?2, kind = ?3, run_at = ?4, blocked = 0 WHERE kh = ?1`
 
 	// claimLinesSQL reads ready heads of one kind, oldest first. A line whose job runs
@@ -60,10 +54,10 @@ func lineID(key string) int64 {
 }
 
 // hotStatements are prepared once at Open.
-var hotStatements = slices.Concat([]string{completeSQL, moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
+var hotStatements = slices.Concat([]string{moveHeadSQL, claimLinesSQL, claimUnorderedSQL, nextLineRunSQL,
 	nextUnorderedRunSQL, markRunningSQL, nextOneSQL, nextManySQL, dropLinesSQL, lineHeadsSQL, logDoneSQL, dropLogSQL},
 	insertJobs.statements(), insertJobsAuto.statements(), insertUniform.statements(), insertUniformAuto.statements(),
-	insertLines.statements(), moveHeads.statements(), foldRows.statements())
+	insertLines.statements(), moveHeads.statements(), foldRows.statements(), completeRows.statements())
 
 // Statements for failed attempts. ?1 id, ?2 started_at, ?3 now, ?4 retry
 // at, ?5 message, ?6 time as text.
@@ -903,7 +897,7 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 	done := make([]int64, 0, len(finishes))
 	nowUS := micros(now)
 	at := now.UTC().Format(time.RFC3339Nano)
-	var completed [][2]int64
+	var completed []any // id, started_at of unordered jobs
 	for i, f := range finishes {
 		results[i].ID = f.ID
 		c, ok := w.claims.get(f.ID)
@@ -920,7 +914,7 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 		switch f.Outcome {
 		case store.OutcomeCompleted:
 			if c.kh == 0 {
-				completed = append(completed, [2]int64{f.ID, c.startedUS})
+				completed = append(completed, f.ID, c.startedUS)
 				break
 			}
 			w.logged = append(w.logged, [3]int64{f.ID, int64(c.attempt), c.startedUS})
@@ -961,11 +955,7 @@ func (w *lineWriter) finish(now time.Time, finishes []store.FinishParams) ([]sto
 		}
 	}
 	if len(completed) > 0 {
-		b, err := json.Marshal(completed)
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := w.exec(completeSQL, string(b), nowUS); err != nil {
+		if err := w.execRows(completeRows, []any{nowUS}, completed, nil); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -178,6 +178,7 @@ func completeAll(t *testing.T, s *Store, now time.Time) int {
 	t.Helper()
 	ctx := context.Background()
 	total := 0
+	completed := map[int64]bool{}
 	for {
 		claimed, err := s.Claim(ctx, store.ClaimParams{Now: now, Owner: "o", LeaseUntil: now.Add(time.Minute),
 			Limits: []store.KindLimit{{Kind: "k", Max: 1000}}, Max: 1000})
@@ -189,6 +190,10 @@ func completeAll(t *testing.T, s *Store, now time.Time) int {
 		}
 		fs := make([]store.FinishParams, len(claimed))
 		for i, j := range claimed {
+			if completed[j.ID] {
+				t.Fatalf("job %d claimed again after it was completed", j.ID)
+			}
+			completed[j.ID] = true
 			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
 		}
 		if _, err := s.FinishMany(ctx, store.FinishManyParams{Now: now, Finishes: fs}); err != nil {

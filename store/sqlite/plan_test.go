@@ -16,7 +16,7 @@ func TestHotQueriesUseIndexes(t *testing.T) {
 		sql  string
 		args []any
 	}{
-		"complete":      {completeSQL, []any{`[[1, 2]]`, 5}},
+		"complete":      {completeRows.sqls[1], []any{5, 1, 2}},
 		"nextOne":       {nextOneSQL, []any{`[[7, 5, 1]]`}},
 		"nextMany":      {nextManySQL, []any{`[[7, 5, 1]]`}},
 		"dropLines":     {dropLinesSQL, []any{`[7]`}},
