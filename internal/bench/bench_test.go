@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -135,6 +137,37 @@ func TestKeyOrder(t *testing.T) {
 			}
 			if k.violations != tt.violations || k.overlap != tt.overlaps {
 				t.Errorf("violations=%d overlaps=%d, want %d %d", k.violations, k.overlap, tt.violations, tt.overlaps)
+			}
+		})
+	}
+}
+
+// Counts a scenario cannot run with are refused before anything starts,
+// with ErrBadInput, not a panic (keys 0 used to divide by zero).
+func TestScenariosRefuseBadCounts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var o Options
+	tests := []struct {
+		name string
+		run  func() error
+	}{
+		{"throughput without keys", func() error { _, err := Throughput(ctx, o, 100, 0, 10, 1); return err }},
+		{"throughput without jobs", func() error { _, err := Throughput(ctx, o, 0, 10, 10, 1); return err }},
+		{"throughput without producers", func() error { _, err := Throughput(ctx, o, 100, 10, 10, 0); return err }},
+		{"throughput without batch", func() error { _, err := Throughput(ctx, o, 100, 10, 0, 1); return err }},
+		{"latency without samples", func() error { _, err := Latency(ctx, o, 0); return err }},
+		{"makespan without keys", func() error { _, err := Makespan(ctx, o, 10, 0, 0, "random"); return err }},
+		{"makespan with negative work", func() error { _, err := Makespan(ctx, o, 10, 10, -time.Second, "random"); return err }},
+		{"backlog without keys", func() error { _, err := Backlog(ctx, o, 10, 0); return err }},
+		{"http without connections", func() error { _, err := HTTP(ctx, o, 10, 0, 1); return err }},
+		{"email without messages", func() error { _, err := Email(ctx, o, "", 0, 1, ""); return err }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if err := tt.run(); !errors.Is(err, ErrBadInput) {
+				t.Fatalf("err = %v, want ErrBadInput", err)
 			}
 		})
 	}

@@ -68,7 +68,7 @@ func (r EmailResult) Err() error {
 func Email(ctx context.Context, o Options, smtpAddr string, messages, conns int, smtpSource string) (EmailResult, error) {
 	res := EmailResult{Scenario: "email", Messages: messages, Conns: conns, SMTP: smtpAddr}
 	if messages <= 0 || conns <= 0 {
-		return res, errors.New("messages and conns must be positive")
+		return res, fmt.Errorf("%w: messages and conns must be positive", ErrBadInput)
 	}
 	if smtpAddr == "" {
 		sink, err := smtptest.Start(smtptest.Options{Discard: true})

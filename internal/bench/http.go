@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -40,7 +39,7 @@ type HTTPResult struct {
 func HTTP(ctx context.Context, o Options, requests, conns, batch int) (HTTPResult, error) {
 	res := HTTPResult{Scenario: "http", Requests: requests, Conns: conns, Batch: batch}
 	if requests <= 0 || conns <= 0 || batch <= 0 {
-		return res, errors.New("requests, conns and batch must be positive")
+		return res, fmt.Errorf("%w: requests, conns and batch must be positive", ErrBadInput)
 	}
 	c, stop, err := o.client(ctx, cmp.Or(o.Workers, 1000), func(context.Context, *herald.Job) error { return nil })
 	if err != nil {

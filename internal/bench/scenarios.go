@@ -45,6 +45,9 @@ type ThroughputResult struct {
 // at the same time.
 var ErrOrderBroken = errors.New("bench: per-key order broken")
 
+// ErrBadInput means a scenario was given counts it cannot run with.
+var ErrBadInput = errors.New("bench: bad input")
+
 // keyOrder checks, at handler start and end, that each key's jobs run one
 // at a time in enqueue order (the seq in their payload, from 0).
 type keyOrder struct {
@@ -88,6 +91,9 @@ func (k *keyOrder) end(key string) {
 // created_at.
 func Throughput(ctx context.Context, o Options, jobs, keys, batch, producers int) (ThroughputResult, error) {
 	res := ThroughputResult{Scenario: "throughput", Jobs: jobs, Keys: keys}
+	if jobs <= 0 || keys <= 0 || batch <= 0 || producers <= 0 {
+		return res, fmt.Errorf("%w: jobs, keys, batch and producers must be positive", ErrBadInput)
+	}
 	pickups := make([]time.Duration, jobs)
 	var idx, done atomic.Int64
 	var last atomic.Int64
@@ -147,6 +153,9 @@ type LatencyResult struct {
 // job from the store's notifications.
 func Latency(ctx context.Context, o Options, samples int) (LatencyResult, error) {
 	res := LatencyResult{Scenario: "latency", Samples: samples, Nodes: max(o.Nodes, 1)}
+	if samples <= 0 {
+		return res, fmt.Errorf("%w: samples must be positive", ErrBadInput)
+	}
 	started := make(chan time.Time, 1)
 	cs, stop, err := o.clients(ctx, cmp.Or(o.Workers, 100), func(context.Context, *herald.Job) error {
 		started <- time.Now()
@@ -210,6 +219,9 @@ func (r MakespanResult) Err() error {
 // work; the history checker judges order, overlaps and loss.
 func Makespan(ctx context.Context, o Options, events, keys int, work time.Duration, dist string) (MakespanResult, error) {
 	res := MakespanResult{Scenario: "makespan", Events: events, Keys: keys, WorkS: work.Seconds()}
+	if events <= 0 || keys <= 0 || work < 0 {
+		return res, fmt.Errorf("%w: events and keys must be positive, work not negative", ErrBadInput)
+	}
 	keyOf, err := keyPicker(dist, keys, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)))
 	if err != nil {
 		return res, err
@@ -278,6 +290,9 @@ type BacklogResult struct {
 // reports the process's peak resident memory.
 func Backlog(ctx context.Context, o Options, jobs, keys int) (BacklogResult, error) {
 	res := BacklogResult{Scenario: "backlog", Jobs: jobs, Keys: keys}
+	if jobs <= 0 || keys <= 0 {
+		return res, fmt.Errorf("%w: jobs and keys must be positive", ErrBadInput)
+	}
 	var done atomic.Int64
 	c, stop, err := o.client(ctx, cmp.Or(o.Workers, 1000), func(context.Context, *herald.Job) error {
 		done.Add(1)
