@@ -16,15 +16,7 @@ import (
 // directly, not scan past the finished ones.
 func BenchmarkOneKeyLine(b *testing.B) {
 	ctx := context.Background()
-	s, err := Open(ctx, b.TempDir()+"/herald.db", Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := s.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
+	s := openWith(b, Options{})
 	now := time.Now()
 	jobs := make([]store.InsertParams, b.N)
 	for i := range jobs {
@@ -59,15 +51,7 @@ func BenchmarkOneKeyLine(b *testing.B) {
 // claimed and claims again, in one transaction. ns/op is per job.
 func BenchmarkExchangeCycle(b *testing.B) {
 	ctx := context.Background()
-	s, err := Open(ctx, b.TempDir()+"/herald.db", Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := s.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
+	s := openWith(b, Options{})
 	const batch = 1000
 	inserts := make([]store.InsertParams, batch)
 	for i := range inserts {
@@ -81,10 +65,7 @@ func BenchmarkExchangeCycle(b *testing.B) {
 	b.ResetTimer()
 	for done := 0; done < b.N; {
 		now := time.Now()
-		fs := make([]store.FinishParams, len(running))
-		for i, j := range running {
-			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
-		}
+		fs := completions(running)
 		n := min(batch, b.N-done)
 		res, err := s.Exchange(ctx, store.ExchangeParams{Now: now, Inserts: inserts[:n], Finishes: fs, Claim: claim(now)})
 		if err != nil {
@@ -109,15 +90,7 @@ func BenchmarkDrainRandomKeys(b *testing.B) {
 func drainRandomKeys(b *testing.B, opts Options) {
 	b.Helper()
 	ctx := context.Background()
-	s, err := Open(ctx, b.TempDir()+"/herald.db", opts)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := s.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
+	s := openWith(b, opts)
 	const (
 		total = 200_000
 		keys  = 1000
@@ -144,10 +117,7 @@ func drainRandomKeys(b *testing.B, opts Options) {
 	}
 	b.ResetTimer()
 	for done := 0; done < b.N && done < total; {
-		fs := make([]store.FinishParams, len(running))
-		for i, j := range running {
-			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
-		}
+		fs := completions(running)
 		done += len(fs)
 		res, err := s.Exchange(ctx, store.ExchangeParams{Now: time.Now(), Finishes: fs, Claim: claim(now, len(fs))})
 		if err != nil {
@@ -167,15 +137,7 @@ func drainRandomKeys(b *testing.B, opts Options) {
 // line again. ns/op is per job.
 func BenchmarkExchangeIdleKeys(b *testing.B) {
 	ctx := context.Background()
-	s, err := Open(ctx, b.TempDir()+"/herald.db", Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := s.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
+	s := openWith(b, Options{})
 	const (
 		cycle = 100
 		keys  = 1000
@@ -192,10 +154,7 @@ func BenchmarkExchangeIdleKeys(b *testing.B) {
 		for i := range inserts[:n] {
 			inserts[i] = store.InsertParams{Kind: "k", Key: fmt.Sprintf("key-%d", (done+i)%keys), Payload: json.RawMessage(`{"n":1}`), MaxAttempts: 3}
 		}
-		fs := make([]store.FinishParams, len(running))
-		for i, j := range running {
-			fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
-		}
+		fs := completions(running)
 		now := time.Now()
 		res, err := s.Exchange(ctx, store.ExchangeParams{Now: now, Inserts: inserts[:n], Finishes: fs, Claim: claim(now)})
 		if err != nil {
@@ -204,4 +163,13 @@ func BenchmarkExchangeIdleKeys(b *testing.B) {
 		done += n
 		running = res.Claimed
 	}
+}
+
+// completions completes every job of running, as owner "o".
+func completions(running []*store.Job) []store.FinishParams {
+	fs := make([]store.FinishParams, len(running))
+	for i, j := range running {
+		fs[i] = store.FinishParams{ID: j.ID, Owner: "o", LeaseToken: j.LeaseToken, Outcome: store.OutcomeCompleted}
+	}
+	return fs
 }

@@ -16,13 +16,20 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func openTest(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "herald.db"), Options{})
+	return openWith(t, Options{})
+}
+
+// openWith opens a store with opts in a temporary directory, closed when
+// the test or benchmark ends.
+func openWith(tb testing.TB, opts Options) *Store {
+	tb.Helper()
+	s, err := Open(context.Background(), filepath.Join(tb.TempDir(), "herald.db"), opts)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		if err := s.Close(); err != nil {
-			t.Error(err)
+			tb.Error(err)
 		}
 	})
 	return s
